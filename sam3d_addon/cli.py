@@ -1,0 +1,242 @@
+"""`sam3d` command line: 3dfy, data, train, export, bench.
+
+Errors a user can cause end as one line on stderr and exit status 2; nothing is written then.
+Heavy modules (bpy, torch, onnxruntime) are imported only by the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import Sam3DError
+
+
+def _add_3dfy(sub):
+    p = sub.add_parser("3dfy", help="3Dfy the masked objects of a photo into a .blend (and GLB/USD/PNG)")
+    p.add_argument("image")
+    p.add_argument("--mask", action="append", required=True, help="binary mask image (repeat for several objects)")
+    p.add_argument("--out", required=True, help="output .blend")
+    p.add_argument("--glb", help="also export a GLB (Blender's glTF exporter)")
+    p.add_argument("--usd", help="also export USD (.usd/.usdc/.usda, Blender's USD exporter)")
+    p.add_argument("--render", help="also render a PNG through the matched camera, photo behind")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model card's)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance strength (non-shortcut mode)")
+    p.add_argument("--no-shortcut", action="store_true", help="plain flow sampling instead of the distilled few-step mode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print one JSON object describing the result")
+    p.set_defaults(func=cmd_3dfy)
+
+
+def result_summary(result) -> dict:
+    """The JSON the CLI prints: poses in Blender world coordinates."""
+    from . import pose
+
+    objs = []
+    for o in result.objects:
+        loc, quat, scale = pose.decompose(o.matrix_world)
+        objs.append({
+            "name": o.name, "mask": o.mask,
+            "location": [round(float(v), 6) for v in loc],
+            "rotation_quaternion": [round(float(v), 6) for v in quat],
+            "scale": [round(float(v), 6) for v in scale],
+            "vertices": int(len(o.vertices)), "faces": int(len(o.faces)),
+        })
+    cam = result.camera
+    loc, quat, _ = pose.decompose(cam.matrix_world)
+    return {
+        "objects": objs,
+        "camera": {
+            "location": [round(float(v), 6) for v in loc],
+            "rotation_quaternion": [round(float(v), 6) for v in quat],
+            "lens_mm": round(cam.lens_mm, 4), "sensor_width_mm": cam.sensor_width_mm,
+            "resolution": list(cam.resolution), "focal_source": cam.focal_source,
+        },
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "device": result.device,
+    }
+
+
+def _check_out_path(path: str | None, suffixes: tuple[str, ...], what: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise Sam3DError(f"{what} must end in {' or '.join(suffixes)}: {p}")
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def cmd_3dfy(args) -> int:
+    import time
+
+    out = _check_out_path(args.out, (".blend",), "--out")
+    glb = _check_out_path(args.glb, (".glb",), "--glb")
+    usd = _check_out_path(args.usd, (".usd", ".usdc", ".usda"), "--usd")
+    png = _check_out_path(args.render, (".png",), "--render")
+
+    from .pipeline import Sam3DPipeline
+
+    def notice(msg):
+        print(f"sam3d: {msg}", file=sys.stderr)
+
+    pipe = Sam3DPipeline(model=args.model, device=args.device, notice=notice)
+    result = pipe.run(args.image, args.mask, steps=args.steps, seed=args.seed, cfg_strength=args.cfg,
+                      shortcut=False if args.no_shortcut else None)
+
+    from . import blender_bridge as bridge
+
+    t0 = time.perf_counter()
+    bridge.reset_to_empty_scene()
+    collection = bridge.build_result(result)
+    result.timings["build_scene"] = time.perf_counter() - t0
+    if png:
+        t0 = time.perf_counter()
+        bridge.render_png(str(png))
+        result.timings["render"] = time.perf_counter() - t0
+    if glb:
+        bridge.export_glb(str(glb), collection)
+    if usd:
+        bridge.export_usd(str(usd))
+    bridge.save_blend(str(out))
+    if args.json:
+        print(json.dumps(result_summary(result)))
+    else:
+        names = ", ".join(o.name for o in result.objects)
+        print(f"sam3d: 3Dfied {len(result.objects)} object(s) ({names}) on {result.device} -> {out}")
+    return 0
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="generate synthetic training data with Blender")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True, help="training samples")
+    p.add_argument("--n-test", type=int, default=64, help="held-out samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_data)
+
+
+def cmd_data(args) -> int:
+    from .data.engine import generate
+
+    generate(args.out, n_train=args.n, n_test=args.n_test, seed=args.seed, resolution=args.resolution,
+             workers=args.workers, progress=_bar("data"))
+    return 0
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train the geometry model (VAE, flow, shortcut distillation)")
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="runs/tiny")
+    p.add_argument("--minutes", type=float, default=None, help="overall time budget (default: the config's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--stages", default="vae,flow,distill")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from .train.loop import train_main
+
+    return train_main(args)
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="export a checkpoint to ONNX + model.json")
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--checkpoint", help="trained checkpoint (.pt); omit with --random")
+    p.add_argument("--random", action="store_true", help="export a freshly initialised model (development)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .nn.export import export_checkpoint, export_random
+
+    if args.random:
+        export_random(args.config, args.out, seed=args.seed)
+    elif args.checkpoint:
+        export_checkpoint(args.checkpoint, args.out)
+    else:
+        raise Sam3DError("export needs --checkpoint PATH or --random.")
+    print(f"sam3d: exported to {args.out}")
+    return 0
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="benchmarks: geometry, speed, import")
+    p.add_argument("which", choices=["geometry", "speed", "import"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quick", action="store_true", help="a fixed small subset, in under 2 minutes")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--data", default=None, help="data directory (default: data/synth)")
+    p.add_argument("--faces", type=int, default=500_000, help="bench import: mesh size")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    if args.which == "geometry":
+        from .bench import bench_geometry_cli
+
+        report = bench_geometry_cli(args)
+    elif args.which == "speed":
+        from .nn.speed import bench_speed
+
+        report = bench_speed(args.model)
+    else:
+        from .bench_import import bench_import
+
+        report = bench_import(faces=args.faces)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _bar(label: str):
+    """A plain-text progress bar on stderr (no dependency, works in CI logs)."""
+    state = {"last": -1}
+
+    def update(done: int, total: int, text: str = ""):
+        pct = int(100 * done / max(total, 1))
+        if pct != state["last"]:
+            state["last"] = pct
+            filled = pct // 4
+            print(f"\r{label} [{'#' * filled}{'.' * (25 - filled)}] {done}/{total} {text}"[:100],
+                  end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    return update
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam3d", description="SAM 3D for Blender")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_3dfy, _add_data, _add_train, _add_export, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Sam3DError as exc:
+        print(f"sam3d: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sam3d: cancelled; nothing was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The 3Dfy pipeline: photo + masks -> meshes placed in Blender's world, plus the matched camera.
+
+A small predictor API in the spirit of segment-anything's: build it once (sessions are created
+lazily and cached), call `run` as often as you like, `release` to free device memory.  The
+sampler lives in `sampler.py`, the pose/axis conversion in `pose.py`, the model contract in
+`contract.py`; this module only strings them together.  It never imports bpy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import pose as pose_mod
+from .contract import POSE_DIMS, ModelCard, load_card
+from .errors import Cancelled, InputError
+from .meshing import occupancy_to_mesh
+from .preprocess import Photo, prepare_inputs, read_mask, read_photo
+from .runtime import SessionCache
+from .sampler import FlowSampler, initial_noise
+
+# The Blender camera's sensor width; the lens is derived from the focal length in pixels.
+SENSOR_WIDTH_MM = 36.0
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class ObjectResult:
+    name: str
+    mask: str | None
+    vertices: np.ndarray  # [V,3] float32, canonical object frame
+    faces: np.ndarray  # [F,3] int32
+    matrix_world: np.ndarray  # [4,4] Blender world
+    rotation: np.ndarray  # [3,3] R in the model camera frame
+    translation: np.ndarray  # [3]
+    scale: np.ndarray  # [3]
+    occupancy: np.ndarray  # [R,R,R] bool
+    colors: np.ndarray | None = None  # [V,3|4] float32 in [0,1], when a texture stage ran
+
+
+@dataclass
+class CameraResult:
+    matrix_world: np.ndarray
+    lens_mm: float
+    sensor_width_mm: float
+    resolution: tuple[int, int]  # (width, height)
+    image_path: str | None
+    image: np.ndarray  # HxWx3 uint8
+    focal_source: str  # "exif" or "model"
+
+
+@dataclass
+class Result:
+    objects: list[ObjectResult]
+    camera: CameraResult
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def _sampler_from_card(card: ModelCard, steps: int | None, cfg_strength: float | None,
+                       shortcut: bool | None) -> FlowSampler:
+    s = card.sampler
+    use_shortcut = bool(s.get("shortcut", False)) if shortcut is None else shortcut
+    if steps is None:
+        steps = int(s["steps"] if use_shortcut else s.get("reference_steps", s["steps"]))
+    if cfg_strength is None:
+        cfg_strength = 0.0 if use_shortcut else float(s.get("reference_cfg_strength", s.get("cfg_strength", 0.0)))
+    return FlowSampler(
+        steps=int(steps), rescale_t=float(s.get("rescale_t", 1.0)), cfg_strength=float(cfg_strength),
+        cfg_interval=tuple(s.get("cfg_interval", (0.0, 500.0))), shortcut=use_shortcut,
+        time_scale=float(s.get("time_scale", 1000.0)),
+    )
+
+
+class Sam3DPipeline:
+    """3Dfy objects in a photo with one model on one device."""
+
+    def __init__(self, model: str | Path = "tiny", device: str = "auto",
+                 notice: Callable[[str], None] | None = None):
+        self.card = load_card(model)
+        self.sessions = SessionCache(self.card, device, notice=notice)
+
+    @property
+    def device(self) -> str:
+        return self.sessions.active_device
+
+    def release(self) -> None:
+        self.sessions.release()
+
+    # -- stages ---------------------------------------------------------------------------------
+    def encode(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.sessions.stage("condition_encoder")(inputs)["cond"]
+
+    def velocity(self, x: dict[str, np.ndarray], t: np.ndarray, d: np.ndarray, cond: np.ndarray) -> dict:
+        feeds = dict(x)
+        feeds.update(t=t.astype(np.float32), d=d.astype(np.float32), cond=cond)
+        out = self.sessions.stage("velocity")(feeds)
+        return {k[2:]: v for k, v in out.items()}  # strip "v_"
+
+    def decode(self, shape_latent: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.card.latent_mean, np.float32)
+        std = np.asarray(self.card.latent_std, np.float32)
+        return self.sessions.stage("structure_decoder")({"shape": shape_latent * std + mean})["logits"]
+
+    def generate(self, inputs: dict[str, np.ndarray], seed: int | None = 0, steps: int | None = None,
+                 cfg_strength: float | None = None, shortcut: bool | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None, timings: dict | None = None) -> dict:
+        """Model inputs (batch 1) -> occupancy logits and the decoded pose in the camera frame."""
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        cond = self.encode(inputs)
+        t1 = time.perf_counter()
+        sampler = _sampler_from_card(self.card, steps, cfg_strength, shortcut)
+        shapes = {"shape": (1, self.card.shape_tokens, self.card.shape_channels)}
+        shapes.update({m: (1, 1, n) for m, n in POSE_DIMS.items()})
+        x = sampler.sample(self.velocity, initial_noise(shapes, seed), cond, progress=progress, cancel=cancel)
+        t2 = time.perf_counter()
+        logits = self.decode(x["shape"])[0, 0]
+        R, t, s = pose_mod.decode_pose({m: x[m][0, 0] for m in POSE_DIMS}, self.card.pose)
+        t3 = time.perf_counter()
+        for key, dt in (("encode", t1 - t0), ("sample", t2 - t1), ("decode", t3 - t2)):
+            timings[key] = timings.get(key, 0.0) + dt
+        return {"logits": logits, "R": R, "t": t, "s": s}
+
+    # -- the whole job --------------------------------------------------------------------------
+    def run(self, image, masks, names: list[str] | None = None, steps: int | None = None,
+            seed: int | None = 0, cfg_strength: float | None = None,
+            progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
+            shortcut: bool | None = None) -> Result:
+        """3Dfy every mask of a photo.  Validates all inputs before any model work."""
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        photo = read_photo(image)
+        masks = list(masks)
+        if not masks:
+            raise InputError("No mask given; paint or choose at least one mask.")
+        if names is None:
+            names = [Path(m).stem if not isinstance(m, np.ndarray) else f"object_{i + 1}" for i, m in enumerate(masks)]
+        mask_arrays = [read_mask(m, photo.size, name=n) for m, n in zip(masks, names)]
+        timings["read"] = time.perf_counter() - t_start
+
+        camera, scene_scale = self.match_camera(photo)
+        objects = []
+        n = len(mask_arrays)
+        for i, (mask, name, src) in enumerate(zip(mask_arrays, names, masks)):
+            def step_progress(k, total, i=i):
+                if progress:
+                    progress((i + 0.1 + 0.8 * k / total) / n, f"{name}: step {k}/{total}")
+            if cancel is not None and cancel():
+                raise Cancelled()
+            if progress:
+                progress(i / n, f"{name}: encoding")
+            inputs = prepare_inputs(photo.rgb, mask, self.card.input_size, self.card.crop_box_factor)
+            out = self.generate(inputs, seed=None if seed is None else seed + i, steps=steps,
+                                cfg_strength=cfg_strength, shortcut=shortcut,
+                                progress=step_progress, cancel=cancel, timings=timings)
+            t_mesh = time.perf_counter()
+            verts, faces = occupancy_to_mesh(out["logits"], level=self.card.occupancy_threshold)
+            timings["mesh"] = timings.get("mesh", 0.0) + time.perf_counter() - t_mesh
+            t, s = out["t"] * scene_scale, out["s"] * scene_scale
+            objects.append(ObjectResult(
+                name=name, mask=None if isinstance(src, np.ndarray) else str(src),
+                vertices=verts, faces=faces,
+                matrix_world=pose_mod.camera_pose_to_object_matrix(out["R"], t, s, camera.matrix_world),
+                rotation=out["R"], translation=t, scale=s,
+                occupancy=out["logits"] > self.card.occupancy_threshold,
+            ))
+        if progress:
+            progress(1.0, "done")
+        timings["total"] = time.perf_counter() - t_start
+        return Result(objects=objects, camera=camera, timings=timings, device=self.device)
+
+    def match_camera(self, photo: Photo) -> tuple[CameraResult, float]:
+        """The Blender camera for the photo and the scene scale that goes with its focal length."""
+        w, h = photo.size
+        longer = max(w, h)
+        if photo.focal_px:
+            focal_px, source = photo.focal_px, "exif"
+        else:
+            focal_px, source = pose_mod.fov_to_focal_px(self.card.camera_fov_deg, longer), "model"
+        scale = pose_mod.scene_scale_for_focal(focal_px, longer, self.card.camera_fov_deg)
+        cam = CameraResult(
+            matrix_world=pose_mod.default_camera_matrix_world(),
+            lens_mm=float(focal_px * SENSOR_WIDTH_MM / longer), sensor_width_mm=SENSOR_WIDTH_MM,
+            resolution=(w, h), image_path=photo.path, image=photo.rgb, focal_source=source,
+        )
+        return cam, scale

@@ -1,0 +1,127 @@
+"""ONNX export of the `tiny` geometry model: ONNX Runtime reproduces torch, the card is valid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from sam3d_addon.contract import CONDITION_INPUTS, MODALITIES, STAGES, load_card  # noqa: E402
+from sam3d_addon.nn.bundle import build_models  # noqa: E402
+from sam3d_addon.nn.checkpoint import save_checkpoint  # noqa: E402
+from sam3d_addon.nn.export import example_inputs, export_checkpoint, stage_graphs  # noqa: E402
+from sam3d_addon.nn.speed import bench_speed  # noqa: E402
+
+TOLERANCE = 1e-4
+POSE_STATS = {
+    "rotation_mean": [0.1, 0.0, 0.0, 0.0, 0.0, 0.5], "rotation_std": [0.6] * 6,
+    "log_scale_mean": [-0.5] * 3, "log_scale_std": [0.3] * 3,
+    "translation_mean": [0.0, 0.0, 3.0], "translation_std": [0.5] * 3,
+    "camera_frame": "pytorch3d",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Two cores shared with other jobs: torch's spinning OpenMP threads slow down many times
+    # when oversubscribed, one thread per runtime keeps the timings steady.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _session(path):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, one_thread):
+    """A random tiny model saved as a training checkpoint, exported; returns (bundle, card, checkpoint)."""
+    torch.manual_seed(0)
+    bundle = build_models("tiny").eval()
+    root = tmp_path_factory.mktemp("nn_export")
+    checkpoint = save_checkpoint(
+        root / "tiny.pt", bundle,
+        latent_mean=[0.1 * i for i in range(8)], latent_std=[1.0 + 0.1 * i for i in range(8)],
+        pose_stats=POSE_STATS, sampler={"steps": 8, "cfg_strength": 2.0}, camera={"fov_deg": 45.0},
+        meta={"steps": 0, "note": "test"},
+    )
+    card = export_checkpoint(checkpoint, root / "model", version="1.2.3", metrics={"iou": 0.5})
+    return bundle, card, checkpoint
+
+
+def _run_both(bundle, card, stage, inputs):
+    with torch.no_grad():
+        expected = stage_graphs(bundle)[stage](*inputs.values())
+    expected = (expected,) if isinstance(expected, torch.Tensor) else expected
+    session = _session(card.file(stage))
+    got = session.run(None, {name: value.numpy() for name, value in inputs.items()})
+    return [e.numpy() for e in expected], got
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_onnx_runtime_matches_torch(exported, stage):
+    bundle, card, _ = exported
+    for batch, seed in ((1, 11), (3, 12)):
+        inputs = example_inputs(card.io(stage), batch, torch.Generator().manual_seed(seed))
+        expected, got = _run_both(bundle, card, stage, inputs)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        for name_spec, e, g in zip(card.io(stage)["outputs"], expected, got):
+            error = float(np.abs(e - g).max())
+            assert error <= TOLERANCE, f"{stage} {name_spec['name']} batch {batch}: max abs error {error}"
+
+
+def test_missing_pointmap_gives_finite_condition(exported):
+    bundle, card, _ = exported
+    inputs = example_inputs(card.io("condition_encoder"), 2, torch.Generator().manual_seed(5))
+    inputs["pointmap"][:] = float("nan")  # "no point map"
+    inputs["rgb_pointmap"][:, :, :20] = float("nan")  # partly missing points
+    expected, got = _run_both(bundle, card, "condition_encoder", inputs)
+    assert np.isfinite(got[0]).all()
+    assert float(np.abs(expected[0] - got[0]).max()) <= TOLERANCE
+
+
+def test_card_is_valid_and_complete(exported):
+    _, card, _ = exported
+    loaded = load_card(card.path)
+    data = loaded.data
+    assert data["version"] == "1.2.3" and data["metrics"] == {"iou": 0.5}
+    assert data["training"] == {"steps": 0, "note": "test"}
+    assert data["architecture"]["config"] == "tiny"
+    assert loaded.input_size == 112 and loaded.shape_tokens == 64 and loaded.shape_channels == 8
+    assert loaded.occupancy_resolution == 32 and loaded.occupancy_threshold == 0.0
+    assert loaded.latent_std[1] == pytest.approx(1.1)
+    assert loaded.pose == POSE_STATS
+    assert loaded.sampler["steps"] == 8 and loaded.sampler["cfg_interval"] == [0.0, 500.0]
+    assert loaded.camera_fov_deg == 45.0
+    assert [e["name"] for e in data["io"]["condition_encoder"]["inputs"]] == list(CONDITION_INPUTS)
+    assert [e["name"] for e in data["io"]["velocity"]["inputs"]] == list(MODALITIES) + ["t", "d", "cond"]
+    assert data["io"]["velocity"]["inputs"][-1]["shape"] == ["B", 292, 128]
+    assert data["io"]["structure_decoder"]["outputs"][0]["shape"] == ["B", 1, 32, 32, 32]
+    for stage in STAGES:
+        digest = hashlib.sha256(loaded.file(stage).read_bytes()).hexdigest()
+        assert data["sha256"][stage] == digest
+        session = _session(loaded.file(stage))
+        assert [i.name for i in session.get_inputs()] == [e["name"] for e in data["io"][stage]["inputs"]]
+        assert all(i.shape[0] == "B" for i in session.get_inputs())
+
+    def reject(constant):
+        raise AssertionError(f"model.json holds {constant}")
+
+    json.loads((card.path / "model.json").read_text(), parse_constant=reject)
+
+
+def test_bench_speed_reports_both_runtimes(exported):
+    _, card, _ = exported
+    report = bench_speed(card.path, repeats=1, threads=1)
+    for stage in ("velocity", "condition_encoder"):
+        assert report[stage]["torch_s"] > 0 and report[stage]["ort_s"] > 0
+    assert report["ratio"] > 0 and report["torch_weights"].startswith("fresh")

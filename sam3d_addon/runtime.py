@@ -129,8 +129,8 @@ class SessionCache:
         return Stage(name, session, io_binding=self.active_device == "cuda")
 
     def _check_io(self, name: str, session) -> None:
-        want_in = set(self.card.io(name)["inputs"])
-        want_out = set(self.card.io(name)["outputs"])
+        want_in = {i["name"] for i in self.card.io(name)["inputs"]}
+        want_out = {o["name"] for o in self.card.io(name)["outputs"]}
         got_in = {i.name for i in session.get_inputs()}
         got_out = {o.name for o in session.get_outputs()}
         if want_in != got_in or want_out != got_out:

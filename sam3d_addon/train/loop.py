@@ -1,0 +1,399 @@
+"""`sam3d train`: the geometry model's training recipe, in three stages.
+
+1. VAE: occupancy grid -> latent grid -> occupancy logits (BCE + a small KL term).
+2. Flow: the MoT flow transformer over (shape latent, pose) with the paper's per-modality weighted
+   flow-matching loss (shape 1.0, rotation 0.1, translation 1.0, scale 0.1), condition dropout for
+   classifier-free guidance (the "uncond" branch is an all-zero condition, as in the official
+   model) and point-map dropout so the model works with and without a point map.
+3. Shortcut distillation (paper Algorithm 2): the model learns, for a step size 2d input, the
+   average velocity of two CFG-guided steps of size d taken by a frozen teacher (the stage-2 model
+   at d = 0 for the smallest level, the student itself, stop-grad, above), plus the flow-matching
+   term at d = 0, so 4 steps replace 25.
+
+Every stage checkpoints to OUT/state.pt (resumable: rerun the same command) and appends to
+OUT/train_log.jsonl; the final model goes to OUT/model.pt in the export format of
+`sam3d_addon.nn.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..contract import POSE_DIMS
+from ..errors import InputError
+from ..nn.bundle import ModelBundle, build_models
+from ..nn.checkpoint import save_checkpoint
+from ..pose import encode_pose
+from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, load_split, pose_statistics
+
+
+@dataclass
+class Schedule:
+    """Steps, batch sizes and learning rates of the three stages (per preset)."""
+
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-4
+    flow_steps: int = 6000
+    flow_batch: int = 32
+    flow_lr: float = 3e-4
+    distill_steps: int = 1500
+    distill_batch: int = 32
+    distill_lr: float = 1e-4
+    warmup: int = 200
+    p_uncond: float = 0.1
+    p_drop_points: float = 0.5
+    loss_weights: dict = field(default_factory=lambda: {
+        "shape": 1.0, "rotation6d": 0.1, "translation": 1.0, "scale": 0.1, "translation_scale": 0.1})
+    # Inference defaults written into the card.
+    shortcut_steps: int = 4
+    reference_steps: int = 25
+    cfg_strength: float = 1.0
+    rescale_t: float = 1.0
+    # Shortcut levels: the student learns steps of 2d for these d (fractions of the whole path).
+    distill_levels: tuple = (1 / 32, 1 / 16, 1 / 8)
+
+
+SCHEDULES = {"tiny": Schedule()}
+
+
+def _log(out: Path, record: dict) -> None:
+    record = {"time": round(time.time(), 1), **record}
+    with open(out / "train_log.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _progress(stage: str, step: int, total: int, loss: float, t0: float, start: int) -> None:
+    if step % 25 and step != total:
+        return
+    rate = (step - start) / max(time.time() - t0, 1e-6)
+    eta = (total - step) / max(rate, 1e-6)
+    filled = int(25 * step / total)
+    print(f"\r{stage:8s} [{'#' * filled}{'.' * (25 - filled)}] {step}/{total} loss {loss:.4f} "
+          f"{rate:.1f} it/s eta {eta / 60:.1f} min", end="\n" if step == total else "", file=sys.stderr, flush=True)
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def grid_to_tokens(grid: torch.Tensor) -> torch.Tensor:
+    """[B, C, r, r, r] -> [B, r^3, C]; token n <-> (n // r^2, (n // r) % r, n % r), z fastest."""
+    return grid.flatten(2).transpose(1, 2)
+
+
+def tokens_to_grid(tokens: torch.Tensor, resolution: int) -> torch.Tensor:
+    b, n, c = tokens.shape
+    return tokens.transpose(1, 2).reshape(b, c, resolution, resolution, resolution)
+
+
+class Batches:
+    """Seeded random mini-batches of the stacked training arrays, as torch tensors."""
+
+    def __init__(self, arrays: GeometryArrays, latents: np.ndarray | None, pose_targets: dict | None, seed: int):
+        self.a = arrays
+        self.latents = latents
+        self.pose = pose_targets
+        self.rng = np.random.default_rng(seed)
+
+    def indices(self, batch: int) -> np.ndarray:
+        return self.rng.integers(0, len(self.a), batch)
+
+    def occupancy(self, idx) -> torch.Tensor:
+        return torch.from_numpy(self.a.occupancy[idx].astype(np.float32))[:, None]
+
+    def condition_inputs(self, idx, p_drop_points: float) -> dict[str, torch.Tensor]:
+        out = {k: torch.from_numpy(self.a.images[k][idx].astype(np.float32) / 255.0) for k in IMAGE_KEYS}
+        drop = self.rng.random(len(idx)) < p_drop_points
+        for k in POINT_KEYS:
+            pts = self.a.points[k][idx].astype(np.float32)
+            pts[drop] = np.nan  # "no point map": the encoder's invalid token everywhere
+            out[k] = torch.from_numpy(pts)
+        return out
+
+    def targets(self, idx) -> dict[str, torch.Tensor]:
+        x1 = {"shape": torch.from_numpy(self.latents[idx])}
+        for m in POSE_DIMS:
+            x1[m] = torch.from_numpy(self.pose[m][idx])[:, None, :]
+        return x1
+
+
+def _sample_time(n: int, generator: torch.Generator) -> torch.Tensor:
+    # Logit-normal times (more weight mid-path), as is usual for rectified-flow training.
+    return torch.sigmoid(torch.randn(n, generator=generator))
+
+
+def flow_loss(bundle: ModelBundle, cond: torch.Tensor, x1: dict, weights: dict, generator: torch.Generator):
+    """Per-modality weighted conditional flow-matching loss at d = 0 (noise t=0, data t=1)."""
+    b = cond.shape[0]
+    t = _sample_time(b, generator)
+    x0 = {m: torch.randn(v.shape, generator=generator) for m, v in x1.items()}
+    xt = {m: (1 - t.view(-1, 1, 1)) * x0[m] + t.view(-1, 1, 1) * x1[m] for m in x1}
+    v = bundle.generator(xt, 1000.0 * t, cond, d=torch.zeros(b))
+    parts = {m: F.mse_loss(v[m], x1[m] - x0[m]) for m in x1}
+    return sum(weights[m] * parts[m] for m in parts), parts
+
+
+def _guided_velocity(model, x, t, d, cond, w):
+    """(1 + w) v(cond) - w v(zero cond), in one batched call."""
+    b = cond.shape[0]
+    both = {m: torch.cat([v, v]) for m, v in x.items()}
+    out = model(both, torch.cat([t, t]), torch.cat([cond, torch.zeros_like(cond)]), d=torch.cat([d, d]))
+    return {m: (1 + w) * o[:b] - w * o[b:] for m, o in out.items()}
+
+
+def shortcut_target(student, teacher, x, t, d, cond, w, smallest: bool):
+    """Algorithm 2: average velocity of two guided steps of size d (stop-grad)."""
+    with torch.no_grad():
+        model = teacher if smallest else student
+        d_in = torch.zeros_like(d) if smallest else 1000.0 * d
+        v1 = _guided_velocity(model, x, 1000.0 * t, d_in, cond, w)
+        x_mid = {m: x[m] + d.view(-1, 1, 1) * v1[m] for m in x}
+        v2 = _guided_velocity(model, x_mid, 1000.0 * (t + d), d_in, cond, w)
+        return {m: (v1[m] + v2[m]) / 2.0 for m in x}
+
+
+def zero_init_modulation(bundle: ModelBundle) -> None:
+    """DiT-style start: zero adaLN modulation, so every block begins as the identity (stabler)."""
+    for block in bundle.generator.blocks:
+        torch.nn.init.zeros_(block.adaLN_modulation[1].weight)
+        torch.nn.init.zeros_(block.adaLN_modulation[1].bias)
+
+
+class Trainer:
+    def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0):
+        self.config_name = config_name
+        self.schedule = SCHEDULES[config_name]
+        self.data_dir, self.out, self.seed = Path(data_dir), Path(out), seed
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed)
+        self.bundle = build_models(config_name)
+        zero_init_modulation(self.bundle)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.state: dict = {"stage": "vae", "step": 0, "seconds": {}}
+        self.latent_mean = self.latent_std = None
+        self.pose_stats = None
+        meta_path = self.data_dir / "meta.json"
+        if not meta_path.is_file():
+            raise InputError(f"{self.data_dir} has no meta.json; generate data with `sam3d data --out {self.data_dir} --n N`.")
+        self.data_meta = json.loads(meta_path.read_text())
+
+    # -- state ------------------------------------------------------------------------------------
+    def save_state(self, optimizer=None, extra=None):
+        state = {
+            "schedule": asdict(self.schedule), "state": self.state, "modules": {k: m.state_dict() for k, m in self.bundle.modules().items()},
+            "latent_mean": self.latent_mean, "latent_std": self.latent_std, "pose_stats": self.pose_stats,
+            "optimizer": optimizer.state_dict() if optimizer else None, "rng": self.generator.get_state(),
+        }
+        state.update(extra or {})
+        partial = self.out / "state.pt.partial"
+        torch.save(state, partial)
+        partial.replace(self.out / "state.pt")
+
+    def load_state(self) -> dict | None:
+        path = self.out / "state.pt"
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        for k, m in self.bundle.modules().items():
+            m.load_state_dict(saved["modules"][k])
+        self.state = saved["state"]
+        self.latent_mean, self.latent_std, self.pose_stats = saved["latent_mean"], saved["latent_std"], saved["pose_stats"]
+        self.generator.set_state(saved["rng"])
+        print(f"train: resuming at stage {self.state['stage']} step {self.state['step']}", file=sys.stderr)
+        return saved
+
+    # -- stages -----------------------------------------------------------------------------------
+    def run(self, stages: list[str], minutes: float | None = None) -> Path:
+        saved = self.load_state()
+        input_size = self.bundle.config.condition.vit.input_size
+        t0 = time.time()
+        arrays = load_split(self.data_dir, "train", input_size)
+        print(f"train: {len(arrays)} training samples loaded in {time.time() - t0:.0f} s", file=sys.stderr)
+        if len(arrays) < 8:
+            raise InputError(f"Only {len(arrays)} training samples in {self.data_dir}; generate more with `sam3d data`.")
+        self.pose_stats = self.pose_stats or pose_statistics(arrays)
+        budget = None if minutes is None else minutes * 60.0
+        order = ["vae", "flow", "distill", "done"]
+        for stage in order[:-1]:
+            if order.index(stage) < order.index(self.state["stage"]):
+                continue
+            if stage not in stages:
+                continue
+            fn = {"vae": self.train_vae, "flow": self.train_flow, "distill": self.train_distill}[stage]
+            fn(arrays, saved if saved and saved["state"]["stage"] == stage else None, budget)
+            saved = None
+            self.state = {"stage": order[order.index(stage) + 1], "step": 0, "seconds": self.state["seconds"]}
+            self.save_state()
+        return self.write_model(arrays)
+
+    def _loop(self, name, total, params, lr, step_fn, resume, budget):
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        if resume and resume.get("optimizer"):
+            opt.load_state_dict(resume["optimizer"])
+        start = self.state["step"] if resume else 0
+        t0 = time.time()
+        spent0 = self.state["seconds"].get(name, 0.0)
+        loss_ema = None
+        for step in range(start, total):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, lr, self.schedule.warmup)
+            loss, parts = step_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+            self.state["step"] = step + 1
+            self.state["seconds"][name] = spent0 + time.time() - t0
+            _progress(name, step + 1, total, loss_ema, t0, start)
+            if (step + 1) % 100 == 0 or step + 1 == total:
+                _log(self.out, {"stage": name, "step": step + 1, "loss": round(loss_ema, 5),
+                                **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
+            if (step + 1) % 500 == 0:
+                self.save_state(opt)
+            if budget is not None and sum(self.state["seconds"].values()) > budget:
+                print(f"\ntrain: time budget reached during {name} at step {step + 1}", file=sys.stderr)
+                _log(self.out, {"stage": name, "event": "budget_stop", "step": step + 1})
+                break
+        return opt
+
+    def train_vae(self, arrays, resume, budget):
+        s = self.schedule
+        b = self.bundle
+        batches = Batches(arrays, None, None, self.seed + 1)
+        pos = float(arrays.occupancy.mean())
+
+        def step_fn(step):
+            occ = batches.occupancy(batches.indices(s.vae_batch))
+            mean, logvar = b.encoder(occ)
+            z = mean + torch.randn(mean.shape, generator=self.generator) * torch.exp(0.5 * logvar)
+            logits = b.decoder(z)
+            # Up-weight the rarer occupied voxels so thin parts are not ignored.
+            bce = F.binary_cross_entropy_with_logits(logits, occ, pos_weight=torch.tensor(min(4.0, (1 - pos) / max(pos, 1e-3))))
+            kl = 0.5 * torch.mean(mean.pow(2) + logvar.exp() - 1.0 - logvar)
+            return bce + s.kl_weight * kl, {"bce": bce.detach(), "kl": kl.detach()}
+
+        params = list(b.encoder.parameters()) + list(b.decoder.parameters())
+        self._loop("vae", s.vae_steps, params, s.vae_lr, step_fn, resume, budget)
+
+    @torch.no_grad()
+    def encode_latents(self, arrays) -> np.ndarray:
+        self.bundle.encoder.eval()
+        out = []
+        for i in range(0, len(arrays), 64):
+            occ = torch.from_numpy(arrays.occupancy[i:i + 64].astype(np.float32))[:, None]
+            mean, _ = self.bundle.encoder(occ)
+            out.append(grid_to_tokens(mean).numpy())
+        self.bundle.encoder.train()
+        lat = np.concatenate(out).astype(np.float32)
+        if self.latent_mean is None:
+            self.latent_mean = lat.mean(axis=(0, 1)).tolist()
+            self.latent_std = np.maximum(lat.std(axis=(0, 1)), 1e-3).tolist()
+        return ((lat - np.asarray(self.latent_mean, np.float32)) / np.asarray(self.latent_std, np.float32)).astype(np.float32)
+
+    def _pose_targets(self, arrays) -> dict[str, np.ndarray]:
+        enc = [encode_pose(r, t, s, self.pose_stats) for r, t, s in zip(arrays.rotation, arrays.translation, arrays.scale)]
+        out = {m: np.stack([e[m] for e in enc]).astype(np.float32) for m in ("rotation6d", "translation", "scale")}
+        out["translation_scale"] = np.zeros((len(arrays), 1), np.float32)  # unused by the pose convention
+        return out
+
+    def _cond(self, batches, idx, drop_cond: bool):
+        inputs = batches.condition_inputs(idx, self.schedule.p_drop_points)
+        cond = self.bundle.condition_encoder(**inputs)
+        if drop_cond:
+            keep = (torch.rand(len(idx), generator=self.generator) >= self.schedule.p_uncond).float()
+            cond = cond * keep.view(-1, 1, 1)  # all-zero condition = the unconditional branch
+        return cond
+
+    def train_flow(self, arrays, resume, budget):
+        s = self.schedule
+        latents = self.encode_latents(arrays)
+        batches = Batches(arrays, latents, self._pose_targets(arrays), self.seed + 2)
+
+        def step_fn(step):
+            idx = batches.indices(s.flow_batch)
+            cond = self._cond(batches, idx, drop_cond=True)
+            return flow_loss(self.bundle, cond, batches.targets(idx), s.loss_weights, self.generator)
+
+        params = list(self.bundle.condition_encoder.parameters()) + list(self.bundle.generator.parameters())
+        self._loop("flow", s.flow_steps, params, s.flow_lr, step_fn, resume, budget)
+
+    def train_distill(self, arrays, resume, budget):
+        s = self.schedule
+        latents = self.encode_latents(arrays)
+        batches = Batches(arrays, latents, self._pose_targets(arrays), self.seed + 3)
+        teacher = copy.deepcopy(self.bundle.generator).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        student = self.bundle.generator
+        levels = list(s.distill_levels)
+
+        def step_fn(step):
+            idx = batches.indices(s.distill_batch)
+            x1 = batches.targets(idx)
+            with torch.no_grad():
+                cond = self.bundle.condition_encoder(**batches.condition_inputs(idx, s.p_drop_points))
+            fm, parts = flow_loss(self.bundle, cond, x1, s.loss_weights, self.generator)
+            # Consistency term: a random level d; times on the grid of 2d so 4-step inference is covered.
+            li = int(torch.randint(len(levels), (1,), generator=self.generator))
+            d_val = levels[li]
+            n_slots = int(round(1.0 / (2 * d_val)))
+            slot = torch.randint(n_slots, (cond.shape[0],), generator=self.generator).float()
+            t = slot * 2 * d_val
+            d = torch.full((cond.shape[0],), d_val)
+            x0 = {m: torch.randn(v.shape, generator=self.generator) for m, v in x1.items()}
+            xt = {m: (1 - t.view(-1, 1, 1)) * x0[m] + t.view(-1, 1, 1) * x1[m] for m in x1}
+            target = shortcut_target(student, teacher, xt, t, d, cond, s.cfg_strength, smallest=li == 0)
+            pred = student(xt, 1000.0 * t, cond, d=1000.0 * 2 * d)
+            sc_parts = {m: F.mse_loss(pred[m], target[m]) for m in x1}
+            sc = sum(s.loss_weights[m] * sc_parts[m] for m in sc_parts)
+            parts = {**{f"fm_{k}": v.detach() for k, v in parts.items()}, **{f"sc_{k}": v.detach() for k, v in sc_parts.items()}}
+            return fm + sc, parts
+
+        self.bundle.condition_encoder.requires_grad_(False)
+        self._loop("distill", s.distill_steps, list(student.parameters()), s.distill_lr, step_fn, resume, budget)
+        self.bundle.condition_encoder.requires_grad_(True)
+
+    # -- result -------------------------------------------------------------------------------------
+    def write_model(self, arrays) -> Path:
+        s = self.schedule
+        if self.latent_mean is None:
+            self.encode_latents(arrays)
+        sampler = {"steps": s.shortcut_steps, "shortcut": True, "cfg_strength": 0.0, "cfg_interval": [0.0, 500.0],
+                   "rescale_t": s.rescale_t, "time_scale": 1000.0, "reference_steps": s.reference_steps,
+                   "reference_cfg_strength": s.cfg_strength}
+        meta = {
+            "data": str(self.data_dir), "data_meta": {k: self.data_meta.get(k) for k in ("n_train", "n_test", "seed", "resolution", "fov_deg", "version") if k in self.data_meta},
+            "train_samples": len(arrays), "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
+            "median_depth": float(np.median(arrays.translation[:, 2])),
+            "schedule": asdict(s), "seed": self.seed, "device": "cpu", "torch": torch.__version__,
+        }
+        path = save_checkpoint(self.out / "model.pt", self.bundle, latent_mean=self.latent_mean, latent_std=self.latent_std,
+                               pose_stats=self.pose_stats, sampler=sampler,
+                               camera={"fov_deg": float(self.data_meta.get("fov_deg", 50.0))}, meta=meta)
+        print(f"train: wrote {path}", file=sys.stderr)
+        return path
+
+
+def train_main(args) -> int:
+    if args.config not in SCHEDULES:
+        raise InputError(f"No training schedule for config '{args.config}'; choose one of: {', '.join(SCHEDULES)}.")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    trainer.run(stages, minutes=args.minutes)
+    return 0

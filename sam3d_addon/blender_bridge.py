@@ -15,10 +15,801 @@ import numpy as np  # noqa: F401
 # Section A: 3Dfy results in a scene (owner: add-on/3Dfy work)
 # ============================================================================================
 
+# Every function here runs on Blender's main thread.  A result is built into a fresh collection;
+# if anything fails half-way, everything created so far is removed again and the scene settings
+# touched (active camera, resolution) are restored, so a failed run leaves the scene as it was.
+
+RESULT_PROP = "sam3d_result"  # custom property marking the collections/objects a run created
+GREY_MATERIAL = "SAM3D Grey"
+VERTEX_COLOR_MATERIAL = "SAM3D Vertex Color"
+COLOR_ATTRIBUTE = "Color"
+
+
+def _as_matrix(m):
+    from mathutils import Matrix
+
+    return Matrix(np.asarray(m, dtype=np.float64).reshape(4, 4).tolist())
+
+
+def mesh_from_numpy(name: str, vertices, faces, colors=None, smooth: bool = True) -> "bpy.types.Mesh":
+    """A new mesh datablock from NumPy arrays, written with foreach_set only.
+
+    vertices: (V,3) float; faces: (F,k) int (triangles or any fixed polygon size); colors:
+    optional (V,3|4) float in [0,1], sRGB (photo colours), stored as a point colour attribute.
+    """
+    verts = np.ascontiguousarray(np.asarray(vertices, dtype=np.float32).reshape(-1, 3))
+    faces = np.asarray(faces)
+    if faces.size == 0:
+        faces = faces.reshape(0, 3)
+    if faces.ndim != 2:
+        raise ValueError(f"faces must be (F,k), got shape {faces.shape}")
+    n_verts, (n_faces, k) = len(verts), faces.shape
+    if n_faces and (int(faces.min()) < 0 or int(faces.max()) >= n_verts):
+        raise ValueError(f"face indices out of range for {n_verts} vertices")
+    if n_faces and k > 1:
+        # A polygon using a vertex twice (degenerate marching-cubes triangles) makes an invalid
+        # Blender mesh; drop those here in NumPy instead of running mesh.validate().
+        degenerate = (np.diff(np.sort(faces, axis=1), axis=1) == 0).any(axis=1)
+        if degenerate.any():
+            faces = faces[~degenerate]
+            n_faces = len(faces)
+    loops = np.ascontiguousarray(faces.astype(np.int32, copy=False).reshape(-1))
+
+    mesh = bpy.data.meshes.new(name)
+    try:
+        mesh.vertices.add(n_verts)
+        mesh.loops.add(n_faces * k)
+        # The generic attribute arrays ('position', '.corner_vert') take a raw memcpy path and are
+        # far faster than MeshVertex.co / MeshLoop.vertex_index (~100x for loops at 500k faces);
+        # fall back to the latter if an attribute is ever missing.
+        attrs = mesh.attributes
+        if "position" in attrs:
+            attrs["position"].data.foreach_set("vector", verts.reshape(-1))
+        else:
+            mesh.vertices.foreach_set("co", verts.reshape(-1))
+        if ".corner_vert" in attrs:
+            attrs[".corner_vert"].data.foreach_set("value", loops)
+        else:
+            mesh.loops.foreach_set("vertex_index", loops)
+        mesh.polygons.add(n_faces)
+        mesh.polygons.foreach_set("loop_start", np.arange(0, n_faces * k, k, dtype=np.int32))
+        if smooth and n_faces:
+            mesh.polygons.foreach_set("use_smooth", np.ones(n_faces, dtype=bool))
+        if colors is not None:
+            cols = np.asarray(colors, dtype=np.float32)
+            if cols.shape[0] != n_verts or cols.ndim != 2 or cols.shape[1] not in (3, 4):
+                raise ValueError(f"colors must be ({n_verts},3|4), got shape {cols.shape}")
+            if cols.shape[1] == 3:
+                cols = np.concatenate([cols, np.ones((n_verts, 1), np.float32)], axis=1)
+            attr = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+            attr.data.foreach_set("color_srgb", np.ascontiguousarray(np.clip(cols, 0.0, 1.0)).reshape(-1))
+            mesh.color_attributes.active_color = attr
+            mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
+        mesh.update(calc_edges=True)
+    except Exception:
+        bpy.data.meshes.remove(mesh)
+        raise
+    return mesh
+
+
+def _material(vertex_colors: bool, created: list):
+    """The shared flat grey or vertex-colour material (created on first use)."""
+    name = VERTEX_COLOR_MATERIAL if vertex_colors else GREY_MATERIAL
+    mat = bpy.data.materials.get(name)
+    if mat is not None and mat.library is None:
+        return mat
+    mat = bpy.data.materials.new(name)
+    created.append(mat)
+    grey = (0.6, 0.6, 0.6, 1.0)
+    mat.diffuse_color = grey  # Workbench / solid view
+    if mat.node_tree is None:  # Blender < 5.0 (use_nodes is deprecated, always on, in 5.x)
+        mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is None:
+        bsdf = nodes.new("ShaderNodeBsdfPrincipled")
+        out = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new("ShaderNodeOutputMaterial")
+        links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+    bsdf.inputs["Base Color"].default_value = grey
+    bsdf.inputs["Roughness"].default_value = 0.8
+    if vertex_colors:
+        attr = nodes.new("ShaderNodeVertexColor")
+        attr.layer_name = COLOR_ATTRIBUTE
+        attr.location = (bsdf.location.x - 300, bsdf.location.y)
+        links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def image_from_array(name: str, rgb) -> "bpy.types.Image":
+    """A packed Blender image from an HxWx3|4 uint8 (sRGB) array; rows top to bottom."""
+    arr = np.asarray(rgb)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    h, w = arr.shape[:2]
+    rgba = np.ones((h, w, 4), dtype=np.float32)
+    scale = 255.0 if arr.dtype == np.uint8 else 1.0
+    rgba[..., : min(arr.shape[2], 4)] = arr[..., :4].astype(np.float32) / scale
+    img = bpy.data.images.new(name, w, h, alpha=arr.shape[2] == 4)
+    img.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).reshape(-1))
+    img.update()
+    img.pack()
+    return img
+
+
+def image_to_array(image: "bpy.types.Image", alpha: bool = False):
+    """A Blender image's pixels as HxWx3 (or x4) float32 in [0,1], rows top to bottom.
+
+    8-bit images give their stored (sRGB) values; float images give scene-linear values.
+    """
+    w, h = image.size
+    if w == 0 or h == 0:
+        raise ValueError(f"image {image.name!r} has no pixels")
+    ch = image.channels
+    buf = np.empty(w * h * ch, dtype=np.float32)
+    image.pixels.foreach_get(buf)
+    arr = buf.reshape(h, w, ch)[::-1]
+    if ch == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif ch == 2:
+        arr = np.concatenate([np.repeat(arr[..., :1], 3, axis=2), arr[..., 1:2]], axis=2)
+    if arr.shape[2] == 3 and alpha:
+        arr = np.concatenate([arr, np.ones((h, w, 1), np.float32)], axis=2)
+    return np.ascontiguousarray(arr if alpha else arr[..., :3])
+
+
+def _photo_image(camera_result, photo_image, created: list):
+    if photo_image is not None:
+        return photo_image
+    path = getattr(camera_result, "image_path", None)
+    if path:
+        import os
+
+        if os.path.isfile(path):
+            before = set(bpy.data.images)
+            img = bpy.data.images.load(path, check_existing=True)
+            if img not in before:
+                created.append(img)
+            return img
+    arr = getattr(camera_result, "image", None)
+    if arr is not None:
+        img = image_from_array("SAM3D photo", arr)
+        created.append(img)
+        return img
+    return None
+
+
+def _remove_ids(ids) -> None:
+    for idb in reversed(list(ids)):
+        try:
+            coll = {
+                bpy.types.Object: bpy.data.objects, bpy.types.Mesh: bpy.data.meshes,
+                bpy.types.Camera: bpy.data.cameras, bpy.types.Material: bpy.data.materials,
+                bpy.types.Image: bpy.data.images, bpy.types.Collection: bpy.data.collections,
+            }[type(idb)]
+        except (KeyError, ReferenceError):
+            continue
+        try:
+            coll.remove(idb)
+        except ReferenceError:
+            pass
+
+
+def build_result(result, context=None, collection_name: str | None = None, *,
+                 photo_image=None, set_scene_camera: bool = True) -> "bpy.types.Collection":
+    """Build a 3Dfy result into one new collection of the scene; return the collection.
+
+    One mesh object per ObjectResult (named after its mask, matrix_world from the result, flat
+    grey or vertex-colour material) and the matched camera (lens, sensor, the photo as its
+    background image), made the scene camera with the render resolution of the photo.
+    `photo_image` (a bpy Image) is used as the background instead of loading the photo again.
+    On any failure nothing is left behind and the exception propagates.
+    """
+    import os
+
+    context = context or bpy.context
+    scene = context.scene
+    cam_res = result.camera
+    stem = os.path.splitext(os.path.basename(cam_res.image_path))[0] if cam_res.image_path else None
+    if stem is None and photo_image is not None:
+        stem = os.path.splitext(photo_image.name)[0]
+    collection_name = collection_name or f"SAM3D {stem or 'photo'}"
+
+    render = scene.render
+    saved = (scene.camera, render.resolution_x, render.resolution_y, render.resolution_percentage,
+             render.pixel_aspect_x, render.pixel_aspect_y)
+    created: list = []
+    try:
+        collection = bpy.data.collections.new(collection_name)
+        created.append(collection)
+        collection[RESULT_PROP] = True
+        scene.collection.children.link(collection)
+
+        for obj_res in result.objects:
+            colors = getattr(obj_res, "colors", None)
+            mesh = mesh_from_numpy(obj_res.name, obj_res.vertices, obj_res.faces, colors=colors)
+            created.append(mesh)
+            mesh.materials.append(_material(colors is not None, created))
+            ob = bpy.data.objects.new(obj_res.name, mesh)
+            created.append(ob)
+            ob[RESULT_PROP] = True
+            if getattr(obj_res, "mask", None):
+                ob["sam3d_mask"] = str(obj_res.mask)
+            collection.objects.link(ob)
+            ob.matrix_world = _as_matrix(obj_res.matrix_world)
+
+        cam_data = bpy.data.cameras.new(f"{collection_name} camera")
+        created.append(cam_data)
+        cam_data.lens = float(cam_res.lens_mm)
+        cam_data.sensor_width = float(cam_res.sensor_width_mm)
+        cam_data.sensor_fit = "AUTO"
+        cam_data.clip_start = 0.01
+        cam_data.clip_end = 1000.0
+        photo = _photo_image(cam_res, photo_image, created)
+        if photo is not None:
+            cam_data.show_background_images = True
+            bg = cam_data.background_images.new()
+            bg.image = photo
+            bg.alpha = 1.0
+            bg.display_depth = "BACK"
+            bg.frame_method = "FIT"
+        cam_ob = bpy.data.objects.new(f"{collection_name} camera", cam_data)
+        created.append(cam_ob)
+        cam_ob[RESULT_PROP] = True
+        collection.objects.link(cam_ob)
+        cam_ob.matrix_world = _as_matrix(cam_res.matrix_world)
+
+        if set_scene_camera:
+            scene.camera = cam_ob
+            w, h = (int(v) for v in cam_res.resolution)
+            render.resolution_x, render.resolution_y = w, h
+            render.resolution_percentage = 100
+            render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+        context.view_layer.update()
+    except BaseException:
+        (scene.camera, render.resolution_x, render.resolution_y, render.resolution_percentage,
+         render.pixel_aspect_x, render.pixel_aspect_y) = saved
+        _remove_ids(created)
+        raise
+    return collection
+
+
+def remove_collection(collection) -> None:
+    """Remove a result collection: its objects (recursively), their now-unused data, itself."""
+    def walk(coll):
+        for child in list(coll.children):
+            yield from walk(child)
+        yield coll
+
+    colls = list(walk(collection))
+    objects = {ob for c in colls for ob in c.all_objects}
+    datas = [ob.data for ob in objects if ob.data is not None]
+    materials = {slot.material for ob in objects for slot in ob.material_slots if slot.material}
+    images = {bg.image for ob in objects if ob.type == "CAMERA"
+              for bg in ob.data.background_images if bg.image is not None}
+    for scene in bpy.data.scenes:
+        if scene.camera in objects:
+            scene.camera = None
+    for ob in objects:
+        bpy.data.objects.remove(ob)
+    for data in datas:
+        if data.users == 0:
+            if isinstance(data, bpy.types.Mesh):
+                bpy.data.meshes.remove(data)
+            elif isinstance(data, bpy.types.Camera):
+                bpy.data.cameras.remove(data)
+    for mat in materials:
+        if mat.users == 0:
+            bpy.data.materials.remove(mat)
+    for img in images:
+        if img.users == 0:
+            bpy.data.images.remove(img)
+    for c in colls:
+        bpy.data.collections.remove(c)
+
+
+def reset_to_empty_scene() -> "bpy.types.Scene":
+    """An empty scene (no objects, collections, meshes, lights, images...) for the CLI.
+
+    Done by hand rather than with read_factory_settings / read_homefile so that preferences and
+    enabled add-ons (the extension itself, in tests) are left alone.
+    """
+    scene = bpy.context.window.scene if bpy.context.window else bpy.data.scenes[0]
+    for other in list(bpy.data.scenes):
+        if other != scene:
+            bpy.data.scenes.remove(other)
+    ids = []
+    for coll in (bpy.data.objects, bpy.data.collections, bpy.data.meshes, bpy.data.cameras,
+                 bpy.data.lights, bpy.data.materials, bpy.data.images, bpy.data.curves,
+                 bpy.data.node_groups, bpy.data.textures, bpy.data.actions):
+        ids.extend(i for i in coll if i.library is None)
+    if ids:
+        bpy.data.batch_remove(ids)
+    bpy.data.orphans_purge(do_recursive=True)
+    scene.camera = None
+    _default_lighting(scene)
+    return scene
+
+
+def _default_lighting(scene) -> None:
+    """A grey world and one sun from above the camera, so Cycles renders of an empty scene
+    with a fresh result are lit (Workbench uses its own studio light)."""
+    import math
+
+    world = scene.world or bpy.data.worlds.new("SAM3D World")
+    scene.world = world
+    world.color = (0.5, 0.5, 0.5)
+    if world.node_tree is None:  # Blender < 5.0
+        world.use_nodes = True
+    bg = next((n for n in world.node_tree.nodes if n.type == "BACKGROUND"), None)
+    if bg is not None:
+        bg.inputs["Color"].default_value = (0.5, 0.5, 0.5, 1.0)
+        bg.inputs["Strength"].default_value = 1.0
+    sun = bpy.data.lights.new("SAM3D Sun", "SUN")
+    sun.energy = 3.0
+    ob = bpy.data.objects.new("SAM3D Sun", sun)
+    ob.rotation_euler = (math.radians(35.0), 0.0, math.radians(20.0))
+    scene.collection.objects.link(ob)
+
+
+def save_blend(path: str, pack_images: bool = False) -> None:
+    """Save the current file as `path` (the photo is referenced by path unless pack_images)."""
+    import os
+
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if pack_images:
+        for img in bpy.data.images:
+            if img.source == "FILE" and not img.packed_file and img.filepath:
+                img.pack()
+    bpy.ops.wm.save_as_mainfile(filepath=path, check_existing=False)
+
+
+def _objects_of(collection):
+    return list(collection.all_objects) if collection is not None else None
+
+
+class _Selection:
+    """Select exactly `objects` for an exporter, then restore the selection."""
+
+    def __init__(self, objects):
+        self.objects = objects
+
+    def __enter__(self):
+        vl = bpy.context.view_layer
+        self.saved = [(ob, ob.select_get()) for ob in vl.objects]
+        self.active = vl.objects.active
+        wanted = set(self.objects)
+        for ob in vl.objects:
+            ob.select_set(ob in wanted)
+        return self
+
+    def __exit__(self, *exc):
+        vl = bpy.context.view_layer
+        for ob, sel in self.saved:
+            try:
+                ob.select_set(sel)
+            except (ReferenceError, RuntimeError):
+                pass
+        vl.objects.active = self.active
+        return False
+
+
+def export_glb(path: str, collection=None) -> None:
+    """Export the meshes of `collection` (all meshes when None) as binary glTF (+Z up -> +Y up)."""
+    import os
+
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pool = _objects_of(collection) if collection is not None else list(bpy.context.view_layer.objects)
+    objects = [ob for ob in pool if ob.type == "MESH"]
+    if not objects:
+        raise ValueError("nothing to export: no mesh objects")
+    props = {p.identifier for p in bpy.ops.export_scene.gltf.get_rna_type().properties}
+    kwargs = dict(filepath=path, export_format="GLB", use_selection=True, export_apply=True)
+    optional = {"export_cameras": False, "export_lights": False, "export_vertex_color": "ACTIVE",
+                "export_yup": True}
+    kwargs.update({k: v for k, v in optional.items() if k in props})
+    with _Selection(objects):
+        bpy.ops.export_scene.gltf(**kwargs)
+
+
+def export_usd(path: str, collection=None) -> None:
+    """Export the scene (or only `collection`'s objects) with Blender's USD exporter."""
+    import os
+
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if collection is None:
+        bpy.ops.wm.usd_export(filepath=path, selected_objects_only=False, export_materials=True)
+        return
+    with _Selection(_objects_of(collection)):
+        bpy.ops.wm.usd_export(filepath=path, selected_objects_only=True, export_materials=True)
+
+
+def _srgb_to_linear(c):
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(c):
+    c = np.clip(c, 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.power(c, 1.0 / 2.4) - 0.055)
+
+
+def _resize_nearest(arr, w: int, h: int):
+    ys = np.minimum((np.arange(h) + 0.5) * arr.shape[0] / h, arr.shape[0] - 1).astype(int)
+    xs = np.minimum((np.arange(w) + 0.5) * arr.shape[1] / w, arr.shape[1] - 1).astype(int)
+    return arr[ys][:, xs]
+
+
+def _camera_photo(camera_ob):
+    if camera_ob is None or camera_ob.type != "CAMERA":
+        return None
+    for bg in camera_ob.data.background_images:
+        if bg.source == "IMAGE" and bg.image is not None and bg.show_background_image:
+            return bg.image
+    return None
+
+
+def render_png(path: str, engine: str = "CYCLES", samples: int = 16, scene=None,
+               percentage: int | None = None, composite_photo: bool = True):
+    """Render through the scene camera to a PNG, the photo behind the objects.
+
+    The photo is the camera's background image, which is a viewport-only overlay: renders never
+    show it.  Rather than building a compositor node tree (whose API moved in Blender 5.0 from
+    `scene.node_tree` to `scene.compositing_node_group`) we render with a transparent film and
+    alpha-over the photo in NumPy (in linear light, then back to sRGB), which is identical for
+    Cycles and Workbench and across Blender versions.  View transform 'Standard' keeps the
+    photo's colours unchanged.  Scene settings are restored afterwards.
+    Returns the composited image as an HxWx4 float32 array (sRGB, rows top to bottom).
+    """
+    import os
+    import tempfile
+
+    scene = scene or bpy.context.scene
+    if scene.camera is None:
+        raise ValueError("the scene has no camera to render through")
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    r = scene.render
+    saved = dict(engine=r.engine, film_transparent=r.film_transparent, filepath=r.filepath,
+                 percentage=r.resolution_percentage,
+                 file_format=r.image_settings.file_format, color_mode=r.image_settings.color_mode,
+                 color_depth=r.image_settings.color_depth,
+                 view_transform=scene.view_settings.view_transform, look=scene.view_settings.look)
+    shading = scene.display.shading
+    saved_shading = (shading.light, shading.color_type)
+    saved_cycles = None
+    tmpdir = tempfile.mkdtemp(prefix="sam3d_render_")
+    raw_path = os.path.join(tmpdir, "render.png")
+    loaded = None
+    try:
+        r.engine = engine
+        r.film_transparent = True
+        if percentage is not None:
+            r.resolution_percentage = int(percentage)
+        r.image_settings.file_format = "PNG"
+        r.image_settings.color_mode = "RGBA"
+        r.image_settings.color_depth = "8"
+        scene.view_settings.view_transform = "Standard"
+        scene.view_settings.look = "None"
+        if engine == "CYCLES":
+            c = scene.cycles
+            saved_cycles = (c.samples, c.device, c.use_denoising, c.use_adaptive_sampling)
+            c.samples = int(samples)
+            c.device = "CPU"
+            c.use_denoising = False
+            c.use_adaptive_sampling = False
+        elif engine == "BLENDER_WORKBENCH":
+            has_colors = any(ob.type == "MESH" and len(ob.data.color_attributes)
+                             for ob in scene.objects if ob.visible_get())
+            shading.light = "STUDIO"
+            shading.color_type = "VERTEX" if has_colors else "MATERIAL"
+        r.filepath = raw_path
+        bpy.ops.render.render(write_still=True, scene=scene.name)
+
+        loaded = bpy.data.images.load(raw_path, check_existing=False)
+        fg = image_to_array(loaded, alpha=True)
+        h, w = fg.shape[:2]
+        out = fg.copy()
+        photo = _camera_photo(scene.camera) if composite_photo else None
+        if photo is not None and photo.size[0] > 0:
+            bg = image_to_array(photo, alpha=False)
+            if not photo.is_float:
+                bg = _srgb_to_linear(bg)
+            if bg.shape[:2] != (h, w):
+                bg = _resize_nearest(bg, w, h)
+            a = fg[..., 3:4]
+            lin = _srgb_to_linear(fg[..., :3]) * a + bg * (1.0 - a)
+            out = np.concatenate([_linear_to_srgb(lin), np.ones((h, w, 1), np.float32)], axis=2)
+        out = out.astype(np.float32)
+        _write_png(path, out)
+        return out
+    finally:
+        if loaded is not None:
+            bpy.data.images.remove(loaded)
+        r.engine = saved["engine"]
+        r.film_transparent = saved["film_transparent"]
+        r.filepath = saved["filepath"]
+        r.resolution_percentage = saved["percentage"]
+        r.image_settings.file_format = saved["file_format"]
+        r.image_settings.color_mode = saved["color_mode"]
+        r.image_settings.color_depth = saved["color_depth"]
+        scene.view_settings.view_transform = saved["view_transform"]
+        scene.view_settings.look = saved["look"]
+        shading.light, shading.color_type = saved_shading
+        if saved_cycles is not None:
+            c = scene.cycles
+            c.samples, c.device, c.use_denoising, c.use_adaptive_sampling = saved_cycles
+        import shutil
+
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_png(path: str, rgba) -> None:
+    """Write an HxWx4 float (sRGB, top row first) array as an 8-bit RGBA PNG via Blender."""
+    h, w = rgba.shape[:2]
+    img = bpy.data.images.new("sam3d_png_out", w, h, alpha=True)
+    try:
+        img.pixels.foreach_set(np.ascontiguousarray(rgba[::-1], dtype=np.float32).reshape(-1))
+        img.filepath_raw = path
+        img.file_format = "PNG"
+        img.save()
+    finally:
+        bpy.data.images.remove(img)
+
 # (end of section A)
 
 # ============================================================================================
 # Section B: synthetic data engine renders (owner: data engine work)
 # ============================================================================================
+
+# Every function here runs on Blender's main thread.  The data engine renders in its own scene
+# (DATA_SCENE), so the user's scene and Section A's results are never touched; the scene and its
+# persistent parts (camera, sun, shadow catcher, compositor) are looked up by name on every call
+# and rebuilt if something removed them.  Per-sample objects live only for one render.
+
+DATA_SCENE = "sam3d_data_engine"
+_DATA_PREFIX = "sam3d_data_"
+_data_tmp_dir = None  # the EXR passes of one render go here and are deleted once read
+
+
+def _data_name(part: str) -> str:
+    return _DATA_PREFIX + part
+
+
+def _data_build_scene() -> "bpy.types.Scene":
+    """Create the data engine's scene: camera, sun, shadow-catcher ground, world, compositor."""
+    scene = bpy.data.scenes.new(DATA_SCENE)
+    cam_data = bpy.data.cameras.new(_data_name("camera"))
+    cam_data.sensor_fit = "AUTO"  # the field of view spans the longer side
+    cam_data.clip_start, cam_data.clip_end = 0.01, 1000.0
+    cam = bpy.data.objects.new(_data_name("camera"), cam_data)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+
+    sun_data = bpy.data.lights.new(_data_name("sun"), "SUN")
+    sun = bpy.data.objects.new(_data_name("sun"), sun_data)
+    scene.collection.objects.link(sun)
+
+    # invisible ground that only receives shadows (Cycles shadow catcher): objects rest on z = 0
+    ground_mesh = bpy.data.meshes.new(_data_name("ground"))
+    size = 200.0
+    ground_mesh.from_pydata([(-size, -size, 0), (size, -size, 0), (size, size, 0), (-size, size, 0)], [], [(0, 1, 2, 3)])
+    ground = bpy.data.objects.new(_data_name("ground"), ground_mesh)
+    ground.is_shadow_catcher = True
+    ground.pass_index = 0
+    scene.collection.objects.link(ground)
+
+    world = bpy.data.worlds.new(_data_name("world"))  # Blender 5: node tree (Background) by default
+    scene.world = world
+
+    render = scene.render
+    render.engine = "CYCLES"
+    render.film_transparent = True
+    render.resolution_percentage = 100
+    render.use_compositing = True
+    render.use_sequencer = False
+    scene.view_settings.view_transform = "Standard"
+    cycles = scene.cycles
+    cycles.device = "CPU"
+    cycles.use_denoising = False
+    cycles.use_adaptive_sampling = False
+    cycles.max_bounces, cycles.diffuse_bounces, cycles.glossy_bounces = 4, 2, 2
+    cycles.transmission_bounces, cycles.transparent_max_bounces = 2, 2
+    cycles.caustics_reflective = cycles.caustics_refractive = False
+    layer = scene.view_layers[0]
+    layer.use_pass_z = True
+    layer.use_pass_object_index = True
+
+    # compositor: write the linear RGBA, depth and object index as float EXR files
+    tree = bpy.data.node_groups.new(_data_name("compositor"), "CompositorNodeTree")
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    layers.scene = scene
+    out = tree.nodes.new("CompositorNodeOutputFile")
+    out.name = _data_name("passes")
+    out.format.media_type = "IMAGE"
+    out.format.file_format = "OPEN_EXR"
+    out.format.color_depth = "32"
+    out.format.exr_codec = "NONE"
+    out.file_name = "pass_"
+    for item_name, socket, kind in (("rgba", "Image", "RGBA"), ("depth", "Depth", "FLOAT"),
+                                    ("index", "Object Index", "FLOAT")):
+        out.file_output_items.new(kind, item_name)
+        tree.links.new(layers.outputs[socket], out.inputs[item_name])
+    scene.compositing_node_group = tree
+    return scene
+
+
+def _data_scene() -> "bpy.types.Scene":
+    """The data engine's scene, rebuilt if it or one of its parts has been removed."""
+    scene = bpy.data.scenes.get(DATA_SCENE)
+    ok = (scene is not None and scene.camera is not None
+          and scene.camera.name == _data_name("camera")
+          and scene.objects.get(_data_name("sun")) is not None
+          and scene.objects.get(_data_name("ground")) is not None
+          and scene.world is not None
+          and scene.compositing_node_group is not None
+          and scene.compositing_node_group.nodes.get(_data_name("passes")) is not None)
+    if not ok:
+        _data_remove_scene()
+        scene = _data_build_scene()
+    return scene
+
+
+def _data_remove_scene() -> None:
+    """Remove the data engine's scene and every datablock it created."""
+    ids = [i for coll in (bpy.data.objects, bpy.data.meshes, bpy.data.materials, bpy.data.cameras,
+                          bpy.data.lights, bpy.data.worlds, bpy.data.node_groups)
+           for i in coll if i.name.startswith(_DATA_PREFIX)]
+    scene = bpy.data.scenes.get(DATA_SCENE)
+    if scene is not None:
+        ids.append(scene)
+    if ids:
+        bpy.data.batch_remove(ids)
+
+
+def _data_mesh(name: str, vertices, faces, smooth_angle_deg: float) -> "bpy.types.Mesh":
+    verts = np.ascontiguousarray(np.asarray(vertices, dtype=np.float32).reshape(-1))
+    tris = np.ascontiguousarray(np.asarray(faces, dtype=np.int32).reshape(-1))
+    n_faces = tris.size // 3
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(verts.size // 3)
+    mesh.vertices.foreach_set("co", verts)
+    mesh.loops.add(tris.size)
+    mesh.loops.foreach_set("vertex_index", tris)
+    mesh.polygons.add(n_faces)
+    mesh.polygons.foreach_set("loop_start", np.arange(0, tris.size, 3, dtype=np.int32))
+    mesh.update(calc_edges=True)
+    # smooth curved surfaces, keep creases of boxes and rims sharp
+    mesh.shade_smooth()
+    mesh.set_sharp_from_angle(angle=float(np.radians(smooth_angle_deg)))
+    return mesh
+
+
+def _data_material(name: str, spec: dict) -> "bpy.types.Material":
+    """Principled BSDF; spec: base_color (linear RGB), roughness, metallic, optional
+    pattern = {color (linear RGB), scale, detail} mixed in with a noise texture."""
+    mat = bpy.data.materials.new(name)  # Blender 5: node tree (Principled BSDF) by default
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    bsdf.inputs["Base Color"].default_value = (*[float(c) for c in spec["base_color"]], 1.0)
+    bsdf.inputs["Roughness"].default_value = float(spec["roughness"])
+    bsdf.inputs["Metallic"].default_value = float(spec["metallic"])
+    pattern = spec.get("pattern")
+    if pattern:
+        noise = nodes.new("ShaderNodeTexNoise")
+        noise.inputs["Scale"].default_value = float(pattern["scale"])
+        noise.inputs["Detail"].default_value = float(pattern["detail"])
+        ramp = nodes.new("ShaderNodeValToRGB")
+        ramp.color_ramp.elements[0].color = (*[float(c) for c in spec["base_color"]], 1.0)
+        ramp.color_ramp.elements[1].color = (*[float(c) for c in pattern["color"]], 1.0)
+        links.new(noise.outputs["Fac"], ramp.inputs["Fac"])
+        links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def _data_read_exr(path: str) -> np.ndarray:
+    """Float RGBA pixels [H,W,4] of an EXR file, top row first, no colour conversion."""
+    img = bpy.data.images.load(path, check_existing=False)
+    try:
+        img.colorspace_settings.is_data = True
+        w, h = img.size
+        px = np.empty(w * h * 4, dtype=np.float32)
+        img.pixels.foreach_get(px)
+    finally:
+        bpy.data.images.remove(img)
+    return px.reshape(h, w, 4)[::-1].copy()
+
+
+def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, lighting: dict,
+                samples: int = 12, seed: int = 0, shadow_catcher: bool = True,
+                threads: int = 0) -> dict:
+    """Render one synthetic sample with Cycles (CPU) and return its passes as arrays.
+
+    objects: list of dicts with `vertices` [V,3] / `faces` [F,3] (canonical mesh), `location`
+      (3,), `yaw` (radians about world Z), `scale` (metres), `pass_index` (int >= 1),
+      `material` (see _data_material) and optional `smooth_angle_deg`.
+    camera_matrix_world: 4x4 Blender camera matrix (looks down its -Z, +Y up).
+    lighting: sun_direction (3, pointing from the sun towards the scene), sun_strength,
+      sun_color (3), sun_angle_deg, world_color (3), world_strength.
+    Returns rgba (float32 [H,W,4], linear, premultiplied, film transparent; shadows of the
+    catcher in alpha), depth (float32 [H,W], camera z distance, inf where no object), index
+    (int32 [H,W], pass_index, 0 = nothing), object_matrices (list of 4x4 float64 as Blender
+    evaluated them) and camera_matrix (4x4 float64).
+    """
+    import glob
+    import os
+    import tempfile
+
+    from mathutils import Matrix, Vector
+
+    global _data_tmp_dir
+    scene = _data_scene()
+    render = scene.render
+    render.resolution_x = render.resolution_y = int(resolution)
+    render.threads_mode = "FIXED" if threads else "AUTO"
+    if threads:
+        render.threads = int(threads)
+    scene.cycles.samples = int(samples)
+    scene.cycles.seed = int(seed) % (2 ** 31)
+
+    cam = scene.camera
+    cam.data.angle = float(np.radians(fov_deg))
+    cam.matrix_world = Matrix(np.asarray(camera_matrix_world, dtype=np.float64).tolist())
+
+    sun = scene.objects[_data_name("sun")]
+    direction = Vector([float(c) for c in lighting["sun_direction"]]).normalized()
+    sun.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()  # a sun shines down its -Z
+    sun.data.energy = float(lighting["sun_strength"])
+    sun.data.color = [float(c) for c in lighting["sun_color"]]
+    sun.data.angle = float(np.radians(lighting["sun_angle_deg"]))
+    background = next(n for n in scene.world.node_tree.nodes if n.type == "BACKGROUND")
+    background.inputs["Color"].default_value = (*[float(c) for c in lighting["world_color"]], 1.0)
+    background.inputs["Strength"].default_value = float(lighting["world_strength"])
+    scene.objects[_data_name("ground")].hide_render = not shadow_catcher
+
+    obs, data = [], []  # created this call, removed again at the end
+    try:
+        for k, spec in enumerate(objects):
+            mesh = _data_mesh(_data_name(f"mesh{k}"), spec["vertices"], spec["faces"],
+                              spec.get("smooth_angle_deg", 35.0))
+            data.append(mesh)
+            mat = _data_material(_data_name(f"material{k}"), spec["material"])
+            data.append(mat)
+            mesh.materials.append(mat)
+            ob = bpy.data.objects.new(_data_name(f"object{k}"), mesh)
+            obs.append(ob)
+            ob.location = [float(c) for c in spec["location"]]
+            ob.rotation_euler = (0.0, 0.0, float(spec["yaw"]))
+            ob.scale = (float(spec["scale"]),) * 3
+            ob.pass_index = int(spec["pass_index"])
+            scene.collection.objects.link(ob)
+        scene.view_layers[0].update()
+        object_matrices = [np.array(ob.matrix_world, dtype=np.float64) for ob in obs]
+        camera_matrix = np.array(cam.matrix_world, dtype=np.float64)
+
+        if _data_tmp_dir is None or not os.path.isdir(_data_tmp_dir):
+            _data_tmp_dir = tempfile.mkdtemp(prefix="sam3d_data_render_")
+        out = scene.compositing_node_group.nodes[_data_name("passes")]
+        out.directory = _data_tmp_dir + os.sep
+        for old in glob.glob(os.path.join(_data_tmp_dir, "pass_*")):
+            os.remove(old)
+        bpy.ops.render.render(write_still=False, scene=scene.name)
+        passes = {}
+        for name in ("rgba", "depth", "index"):
+            found = sorted(glob.glob(os.path.join(_data_tmp_dir, f"pass_{name}*.exr")))
+            if not found:
+                raise RuntimeError(f"Cycles wrote no {name} pass to {_data_tmp_dir}")
+            passes[name] = _data_read_exr(found[0])
+            os.remove(found[0])
+    finally:
+        if obs or data:
+            bpy.data.batch_remove(obs + data)
+
+    index = np.rint(passes["index"][..., 0]).astype(np.int32)
+    depth = passes["depth"][..., 0].astype(np.float32)
+    depth = np.where(index > 0, depth, np.inf).astype(np.float32)  # the ground is not a surface
+    return {"rgba": passes["rgba"].astype(np.float32), "depth": depth, "index": index,
+            "object_matrices": object_matrices, "camera_matrix": camera_matrix}
 
 # (end of section B)

@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Scene settings (image, masks, model...) and the window manager's job state.
+
+Scene settings are saved with the .blend and take part in undo; the job state (progress bar,
+status text) lives on the window manager, so progress updates never create undo steps.
+"""
+
+import bpy
+from bpy.props import (
+    BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+    StringProperty,
+)
+
+from ..sam3d_addon import contract
+
+DEVICE_ITEMS = [
+    ("AUTO", "Auto", "CUDA when available, else CPU"),
+    ("CPU", "CPU", "Run on the CPU"),
+    ("CUDA", "CUDA", "Run on an NVIDIA GPU (needs the GPU build of the extension)"),
+]
+SCENE_DEVICE_ITEMS = [("DEFAULT", "Default", "Use the device set in the add-on preferences")] + DEVICE_ITEMS
+
+# Dynamic enum items must stay referenced from Python while Blender uses them.
+_model_item_cache: dict[str, list] = {}
+
+
+def _model_names() -> list[str]:
+    names = contract.available_models()
+    if contract.DEFAULT_MODEL in names:
+        names.remove(contract.DEFAULT_MODEL)
+        names.insert(0, contract.DEFAULT_MODEL)
+    return names
+
+
+def model_items_prefs(self, context):
+    items = [(n, n, f"Model '{n}' shipped in models/") for n in _model_names()]
+    if not items:
+        items = [(contract.DEFAULT_MODEL, contract.DEFAULT_MODEL, "No model installed")]
+    _model_item_cache["prefs"] = items
+    return items
+
+
+def model_items_scene(self, context):
+    items = [("DEFAULT", "Default", "Use the model set in the add-on preferences")]
+    items += [(n, n, f"Model '{n}' shipped in models/") for n in _model_names()]
+    _model_item_cache["scene"] = items
+    return items
+
+
+class SAM3D_MaskItem(bpy.types.PropertyGroup):
+    """One object to 3Dfy: a mask image, white (or opaque) where the object is."""
+
+    image: PointerProperty(name="Mask", type=bpy.types.Image,
+                           description="Mask image: white (or opaque) pixels mark the object")
+
+
+class SAM3D_SceneSettings(bpy.types.PropertyGroup):
+    image: PointerProperty(name="Photo", type=bpy.types.Image,
+                           description="The photo to 3Dfy (defaults to the image shown in the Image Editor)")
+    masks: CollectionProperty(type=SAM3D_MaskItem)
+    active_mask_index: IntProperty(name="Active Mask", default=0, min=0)
+    model: EnumProperty(name="Model", items=model_items_scene,
+                        description="Geometry model (from the extension's models/ directory)")
+    device: EnumProperty(name="Device", items=SCENE_DEVICE_ITEMS, default="DEFAULT")
+    steps: IntProperty(name="Steps", default=0, min=0, max=200,
+                       description="Sampler steps (0: the default from preferences / the model)")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the sampler")
+
+
+class SAM3D_JobState(bpy.types.PropertyGroup):
+    running: BoolProperty(name="Running", default=False)
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    status: StringProperty(name="Status", default="")
+
+
+classes = (SAM3D_MaskItem, SAM3D_SceneSettings, SAM3D_JobState)
+
+
+def register_pointers():
+    bpy.types.Scene.sam3d = PointerProperty(type=SAM3D_SceneSettings)
+    bpy.types.WindowManager.sam3d_job = PointerProperty(type=SAM3D_JobState)
+
+
+def unregister_pointers():
+    del bpy.types.WindowManager.sam3d_job
+    del bpy.types.Scene.sam3d

@@ -1,0 +1,33 @@
+"""Shared test setup (keep minimal and generic).
+
+Blender (bpy) reads its user resources -- preferences, extensions, scripts -- from
+BLENDER_USER_RESOURCES when set.  It must be set before bpy is first imported, so it is done here
+at conftest import time: tests never touch the user's ~/.config/blender.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+if "BLENDER_USER_RESOURCES" not in os.environ:
+    _user_resources = tempfile.mkdtemp(prefix="sam3d_blender_user_")
+    os.environ["BLENDER_USER_RESOURCES"] = _user_resources
+    atexit.register(shutil.rmtree, _user_resources, ignore_errors=True)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return REPO / "examples"

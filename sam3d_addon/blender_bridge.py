@@ -708,6 +708,24 @@ def _data_material(name: str, spec: dict) -> "bpy.types.Material":
     return mat
 
 
+def _data_quiet_render(scene_name: str) -> None:
+    """Render a still; Blender's per-file 'Saved: ...' lines (C-level stdout) go to /dev/null
+    so that `sam3d data` prints only its own progress."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        bpy.ops.render.render(write_still=False, scene=scene_name)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _data_read_exr(path: str) -> np.ndarray:
     """Float RGBA pixels [H,W,4] of an EXR file, top row first, no colour conversion."""
     img = bpy.data.images.load(path, check_existing=False)
@@ -722,7 +740,7 @@ def _data_read_exr(path: str) -> np.ndarray:
 
 
 def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, lighting: dict,
-                samples: int = 12, seed: int = 0, shadow_catcher: bool = True,
+                samples: int = 10, seed: int = 0, shadow_catcher: bool = True,
                 threads: int = 0) -> dict:
     """Render one synthetic sample with Cycles (CPU) and return its passes as arrays.
 
@@ -737,8 +755,10 @@ def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, l
     (int32 [H,W], pass_index, 0 = nothing), object_matrices (list of 4x4 float64 as Blender
     evaluated them) and camera_matrix (4x4 float64).
     """
+    import atexit
     import glob
     import os
+    import shutil
     import tempfile
 
     from mathutils import Matrix, Vector
@@ -790,11 +810,12 @@ def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, l
 
         if _data_tmp_dir is None or not os.path.isdir(_data_tmp_dir):
             _data_tmp_dir = tempfile.mkdtemp(prefix="sam3d_data_render_")
+            atexit.register(shutil.rmtree, _data_tmp_dir, True)
         out = scene.compositing_node_group.nodes[_data_name("passes")]
         out.directory = _data_tmp_dir + os.sep
         for old in glob.glob(os.path.join(_data_tmp_dir, "pass_*")):
             os.remove(old)
-        bpy.ops.render.render(write_still=False, scene=scene.name)
+        _data_quiet_render(scene.name)
         passes = {}
         for name in ("rgba", "depth", "index"):
             found = sorted(glob.glob(os.path.join(_data_tmp_dir, f"pass_{name}*.exr")))

@@ -136,10 +136,14 @@ def _add_train(sub):
     p.add_argument("--config", default="tiny")
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="runs/tiny")
-    p.add_argument("--minutes", type=float, default=None, help="overall time budget (default: the config's)")
+    p.add_argument("--minutes", default=None, metavar="VAE,FLOW,DISTILL",
+                   help="time budget per stage in minutes; step counts are fitted to it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--stages", default="vae,flow,distill")
+    p.add_argument("--steps", default=None, metavar="VAE,FLOW,DISTILL",
+                   help="override the schedule's step counts, e.g. 20,20,10 for a smoke run")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.set_defaults(func=cmd_train)
 
 

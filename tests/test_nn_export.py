@@ -104,7 +104,7 @@ def test_card_is_valid_and_complete(exported):
     assert loaded.camera_fov_deg == 45.0
     assert [e["name"] for e in data["io"]["condition_encoder"]["inputs"]] == list(CONDITION_INPUTS)
     assert [e["name"] for e in data["io"]["velocity"]["inputs"]] == list(MODALITIES) + ["t", "d", "cond"]
-    assert data["io"]["velocity"]["inputs"][-1]["shape"] == ["B", 292, 128]
+    assert data["io"]["velocity"]["inputs"][-1]["shape"] == ["B", 156, 128]
     assert data["io"]["structure_decoder"]["outputs"][0]["shape"] == ["B", 1, 32, 32, 32]
     for stage in STAGES:
         digest = hashlib.sha256(loaded.file(stage).read_bytes()).hexdigest()

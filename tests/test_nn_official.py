@@ -100,7 +100,7 @@ def tiny(one_thread):
 
 
 def test_tiny_sizes(tiny):
-    assert tiny.config.condition.num_tokens == 4 * 65 + 2 * 16 == 292
+    assert tiny.config.condition.num_tokens == 4 * 37 + 2 * 4 == 156
     assert tiny.config.flow.shape_tokens == 64
     assert tiny.config.vae.resolution == 32
 

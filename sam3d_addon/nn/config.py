@@ -134,12 +134,12 @@ OFFICIAL = ModelConfig(
 TINY = ModelConfig(
     name="tiny",
     condition=ConditionConfig(
-        vit=ViTConfig(input_size=112, patch_size=14, embed_dim=128, depth=3, num_heads=2,
+        vit=ViTConfig(input_size=84, patch_size=14, embed_dim=128, depth=3, num_heads=2,
                       mlp_ratio=4.0, num_register_tokens=4),
         # 2 heads of 32 channels: the official block uses 16 heads of 32.
-        # 32 px point maps (16 windows each): the add-on has no depth at run time, so the point
-        # branch only needs to teach pose with/without depth; 64 px cost 4x the encoder time.
-        point=PointEmbedConfig(input_size=32, patch_size=8, embed_dim=64, num_heads=2, mlp_ratio=2.0),
+        # 16 px point maps (4 windows each): the add-on has no depth at run time, so the point
+        # branch only needs to teach pose with/without depth; 64 px cost 16x the point-branch time on CPU.
+        point=PointEmbedConfig(input_size=16, patch_size=8, embed_dim=64, num_heads=2, mlp_ratio=2.0),
         cond_channels=128,
         # Official rule with multiple_of 64 instead of 256 (256 would round 341 up to 512, a 50%
         # wider projection than the rule intends at this size): hidden = 384.
@@ -148,7 +148,7 @@ TINY = ModelConfig(
     flow=FlowConfig(model_channels=128, cond_channels=128, num_blocks=4, num_heads=2, mlp_ratio=4.0,
                     shape_channels=8, shape_resolution=4),
     vae=StructureVAEConfig(latent_channels=8, latent_resolution=4,
-                           decoder_channels=(128, 64, 32, 16), encoder_channels=(16, 32, 64, 128),
+                           decoder_channels=(64, 32, 16, 8), encoder_channels=(8, 16, 32, 64),
                            num_res_blocks=1, num_res_blocks_middle=1),
 )
 

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..nn.bundle import ModelBundle, build_models
 from ..nn.checkpoint import save_checkpoint
 from ..pose import encode_pose
+from ..data.dataset import load_sample
 from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, load_split, pose_statistics
 
 
@@ -42,12 +43,12 @@ class Schedule:
     """Steps, batch sizes and learning rates of the three stages (per preset)."""
 
     vae_steps: int = 3000
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
     kl_weight: float = 1e-4
     flow_steps: int = 6000
     flow_batch: int = 32
-    flow_lr: float = 3e-4
+    flow_lr: float = 5e-4
     distill_steps: int = 1500
     distill_batch: int = 32
     distill_lr: float = 1e-4
@@ -144,7 +145,7 @@ def flow_loss(bundle: ModelBundle, cond: torch.Tensor, x1: dict, weights: dict, 
     xt = {m: (1 - t.view(-1, 1, 1)) * x0[m] + t.view(-1, 1, 1) * x1[m] for m in x1}
     v = bundle.generator(xt, 1000.0 * t, cond, d=torch.zeros(b))
     parts = {m: F.mse_loss(v[m], x1[m] - x0[m]) for m in x1}
-    return sum(weights[m] * parts[m] for m in parts), parts
+    return sum(weights[m] * parts[m] for m in parts), {m: p.item() for m, p in parts.items()}
 
 
 def _guided_velocity(model, x, t, d, cond, w):
@@ -174,9 +175,11 @@ def zero_init_modulation(bundle: ModelBundle) -> None:
 
 
 class Trainer:
-    def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0):
+    def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0,
+                 schedule: Schedule | None = None, limit: int | None = None):
         self.config_name = config_name
-        self.schedule = SCHEDULES[config_name]
+        self.schedule = schedule or SCHEDULES[config_name]
+        self.limit = limit
         self.data_dir, self.out, self.seed = Path(data_dir), Path(out), seed
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
@@ -186,10 +189,10 @@ class Trainer:
         self.state: dict = {"stage": "vae", "step": 0, "seconds": {}}
         self.latent_mean = self.latent_std = None
         self.pose_stats = None
-        meta_path = self.data_dir / "meta.json"
-        if not meta_path.is_file():
-            raise InputError(f"{self.data_dir} has no meta.json; generate data with `sam3d data --out {self.data_dir} --n N`.")
-        self.data_meta = json.loads(meta_path.read_text())
+        if not (self.data_dir / "train").is_dir():
+            raise InputError(f"{self.data_dir} has no train/ split; generate data with `sam3d data --out {self.data_dir} --n N`.")
+        meta_path = self.data_dir / "meta.json"  # written when a generation run completes
+        self.data_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
 
     # -- state ------------------------------------------------------------------------------------
     def save_state(self, optimizer=None, extra=None):
@@ -217,16 +220,17 @@ class Trainer:
         return saved
 
     # -- stages -----------------------------------------------------------------------------------
-    def run(self, stages: list[str], minutes: float | None = None) -> Path:
+    def run(self, stages: list[str], minutes: dict[str, float] | None = None) -> Path:
         saved = self.load_state()
         input_size = self.bundle.config.condition.vit.input_size
         t0 = time.time()
-        arrays = load_split(self.data_dir, "train", input_size)
+        arrays = load_split(self.data_dir, "train", input_size, limit=self.limit)
         print(f"train: {len(arrays)} training samples loaded in {time.time() - t0:.0f} s", file=sys.stderr)
         if len(arrays) < 8:
             raise InputError(f"Only {len(arrays)} training samples in {self.data_dir}; generate more with `sam3d data`.")
         self.pose_stats = self.pose_stats or pose_statistics(arrays)
-        budget = None if minutes is None else minutes * 60.0
+        self.fov_deg = float(load_sample(arrays.paths[0])["fov_deg"])
+        minutes = minutes or {}
         order = ["vae", "flow", "distill", "done"]
         for stage in order[:-1]:
             if order.index(stage) < order.index(self.state["stage"]):
@@ -234,41 +238,51 @@ class Trainer:
             if stage not in stages:
                 continue
             fn = {"vae": self.train_vae, "flow": self.train_flow, "distill": self.train_distill}[stage]
-            fn(arrays, saved if saved and saved["state"]["stage"] == stage else None, budget)
+            budget = minutes.get(stage)
+            fn(arrays, saved if saved and saved["state"]["stage"] == stage else None,
+               None if budget is None else budget * 60.0)
             saved = None
             self.state = {"stage": order[order.index(stage) + 1], "step": 0, "seconds": self.state["seconds"]}
             self.save_state()
         return self.write_model(arrays)
 
     def _loop(self, name, total, params, lr, step_fn, resume, budget):
+        """Run one stage.  With a time budget (seconds) the step count is fitted to it after the
+        first steps, so the cosine schedule still completes; the count used is logged."""
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         if resume and resume.get("optimizer"):
             opt.load_state_dict(resume["optimizer"])
         start = self.state["step"] if resume else 0
+        total = int(self.state.get("total", total)) if resume else total
         t0 = time.time()
-        spent0 = self.state["seconds"].get(name, 0.0)
+        spent0 = self.state["seconds"].get(name, 0.0) if resume else 0.0
         loss_ema = None
-        for step in range(start, total):
+        step = start
+        while step < total:
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, lr, self.schedule.warmup)
+                g["lr"] = _lr_at(step, total, lr, min(self.schedule.warmup, total // 10 + 1))
             loss, parts = step_fn(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            step += 1
             loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-            self.state["step"] = step + 1
-            self.state["seconds"][name] = spent0 + time.time() - t0
-            _progress(name, step + 1, total, loss_ema, t0, start)
-            if (step + 1) % 100 == 0 or step + 1 == total:
-                _log(self.out, {"stage": name, "step": step + 1, "loss": round(loss_ema, 5),
+            elapsed = time.time() - t0
+            self.state.update(step=step, total=total)
+            self.state["seconds"][name] = spent0 + elapsed
+            if budget is not None and step - start == 20:
+                fitted = start + int((budget - spent0 - elapsed) / (elapsed / 20)) + 20
+                if fitted < total:
+                    total = max(step + 1, fitted)
+                    _log(self.out, {"stage": name, "event": "steps_fitted_to_budget", "total": total,
+                                    "seconds_per_step": round(elapsed / 20, 3)})
+            _progress(name, step, total, loss_ema, t0, start)
+            if step % 100 == 0 or step == total:
+                _log(self.out, {"stage": name, "step": step, "loss": round(loss_ema, 5),
                                 **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
-            if (step + 1) % 500 == 0:
+            if step % 500 == 0:
                 self.save_state(opt)
-            if budget is not None and sum(self.state["seconds"].values()) > budget:
-                print(f"\ntrain: time budget reached during {name} at step {step + 1}", file=sys.stderr)
-                _log(self.out, {"stage": name, "event": "budget_stop", "step": step + 1})
-                break
         return opt
 
     def train_vae(self, arrays, resume, budget):
@@ -285,7 +299,7 @@ class Trainer:
             # Up-weight the rarer occupied voxels so thin parts are not ignored.
             bce = F.binary_cross_entropy_with_logits(logits, occ, pos_weight=torch.tensor(min(4.0, (1 - pos) / max(pos, 1e-3))))
             kl = 0.5 * torch.mean(mean.pow(2) + logvar.exp() - 1.0 - logvar)
-            return bce + s.kl_weight * kl, {"bce": bce.detach(), "kl": kl.detach()}
+            return bce + s.kl_weight * kl, {"bce": bce.item(), "kl": kl.item()}
 
         params = list(b.encoder.parameters()) + list(b.decoder.parameters())
         self._loop("vae", s.vae_steps, params, s.vae_lr, step_fn, resume, budget)
@@ -361,7 +375,7 @@ class Trainer:
             pred = student(xt, 1000.0 * t, cond, d=1000.0 * 2 * d)
             sc_parts = {m: F.mse_loss(pred[m], target[m]) for m in x1}
             sc = sum(s.loss_weights[m] * sc_parts[m] for m in sc_parts)
-            parts = {**{f"fm_{k}": v.detach() for k, v in parts.items()}, **{f"sc_{k}": v.detach() for k, v in sc_parts.items()}}
+            parts = {**{f"fm_{k}": v for k, v in parts.items()}, **{f"sc_{k}": v.item() for k, v in sc_parts.items()}}
             return fm + sc, parts
 
         self.bundle.condition_encoder.requires_grad_(False)
@@ -384,7 +398,7 @@ class Trainer:
         }
         path = save_checkpoint(self.out / "model.pt", self.bundle, latent_mean=self.latent_mean, latent_std=self.latent_std,
                                pose_stats=self.pose_stats, sampler=sampler,
-                               camera={"fov_deg": float(self.data_meta.get("fov_deg", 50.0))}, meta=meta)
+                               camera={"fov_deg": self.fov_deg}, meta=meta)
         print(f"train: wrote {path}", file=sys.stderr)
         return path
 
@@ -393,7 +407,21 @@ def train_main(args) -> int:
     if args.config not in SCHEDULES:
         raise InputError(f"No training schedule for config '{args.config}'; choose one of: {', '.join(SCHEDULES)}.")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed)
+    schedule = SCHEDULES[args.config]
+    if args.steps:
+        try:
+            vae, flow, distill = (int(v) for v in args.steps.split(","))
+        except ValueError:
+            raise InputError(f"--steps takes three integers VAE,FLOW,DISTILL, got {args.steps!r}.") from None
+        schedule = replace(schedule, vae_steps=vae, flow_steps=flow, distill_steps=distill,
+                           warmup=min(schedule.warmup, max(1, flow // 10)))
+    trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    trainer.run(stages, minutes=args.minutes)
+    minutes = None
+    if args.minutes:
+        try:
+            minutes = dict(zip(("vae", "flow", "distill"), (float(v) for v in args.minutes.split(","))))
+        except ValueError:
+            raise InputError(f"--minutes takes VAE,FLOW,DISTILL minutes, got {args.minutes!r}.") from None
+    trainer.run(stages, minutes=minutes)
     return 0

@@ -96,7 +96,7 @@ def test_card_is_valid_and_complete(exported):
     assert data["version"] == "1.2.3" and data["metrics"] == {"iou": 0.5}
     assert data["training"] == {"steps": 0, "note": "test"}
     assert data["architecture"]["config"] == "tiny"
-    assert loaded.input_size == 112 and loaded.shape_tokens == 64 and loaded.shape_channels == 8
+    assert loaded.input_size == 84 and loaded.shape_tokens == 64 and loaded.shape_channels == 8
     assert loaded.occupancy_resolution == 32 and loaded.occupancy_threshold == 0.0
     assert loaded.latent_std[1] == pytest.approx(1.1)
     assert loaded.pose == POSE_STATS

@@ -23,8 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Per-platform extension zips with the runtime wheels downloaded now (never committed);
+# GPU=1 bundles onnxruntime-gpu instead of onnxruntime.
 extension: $(STAMP)
-	$(BIN)/python -m sam3d_addon.build_extension --out dist
+	$(BIN)/python -m sam3d_addon.build_extension --out dist $(if $(GPU),--gpu)
 
 clean:
 	rm -rf $(VENV) out dist

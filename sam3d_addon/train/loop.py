@@ -33,8 +33,9 @@ from ..contract import POSE_DIMS
 from ..errors import InputError
 from ..nn.bundle import ModelBundle, build_models
 from ..nn.checkpoint import save_checkpoint
+from ..nn.vae import grid_to_tokens
 from ..pose import encode_pose
-from ..data.dataset import load_sample
+from ..data.dataset import list_samples, load_sample
 from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, load_split, pose_statistics
 
 
@@ -89,16 +90,6 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-def grid_to_tokens(grid: torch.Tensor) -> torch.Tensor:
-    """[B, C, r, r, r] -> [B, r^3, C]; token n <-> (n // r^2, (n // r) % r, n % r), z fastest."""
-    return grid.flatten(2).transpose(1, 2)
-
-
-def tokens_to_grid(tokens: torch.Tensor, resolution: int) -> torch.Tensor:
-    b, n, c = tokens.shape
-    return tokens.transpose(1, 2).reshape(b, c, resolution, resolution, resolution)
 
 
 class Batches:
@@ -253,6 +244,7 @@ class Trainer:
         if resume and resume.get("optimizer"):
             opt.load_state_dict(resume["optimizer"])
         start = self.state["step"] if resume else 0
+        schedule_total = total
         total = int(self.state.get("total", total)) if resume else total
         t0 = time.time()
         spent0 = self.state["seconds"].get(name, 0.0) if resume else 0.0
@@ -271,12 +263,17 @@ class Trainer:
             elapsed = time.time() - t0
             self.state.update(step=step, total=total)
             self.state["seconds"][name] = spent0 + elapsed
-            if budget is not None and step - start == 20:
-                fitted = start + int((budget - spent0 - elapsed) / (elapsed / 20)) + 20
-                if fitted < total:
-                    total = max(step + 1, fitted)
-                    _log(self.out, {"stage": name, "event": "steps_fitted_to_budget", "total": total,
-                                    "seconds_per_step": round(elapsed / 20, 3)})
+            if budget is not None and step - start >= 20 and (step - start) % 20 == 0:
+                # Fit the step count to the time left, from the speed so far (the machine may be
+                # shared), never beyond the schedule's own count.
+                per_step = elapsed / (step - start)
+                fitted = step + int((budget - spent0 - elapsed) / per_step)
+                fitted = max(step + 1, min(fitted, schedule_total))
+                if fitted != total:
+                    total = fitted
+                    if (step - start) % 200 == 0 or step - start == 20:
+                        _log(self.out, {"stage": name, "event": "steps_fitted_to_budget", "total": total,
+                                        "seconds_per_step": round(per_step, 3)})
             _progress(name, step, total, loss_ema, t0, start)
             if step % 100 == 0 or step == total:
                 _log(self.out, {"stage": name, "step": step, "loss": round(loss_ema, 5),
@@ -303,6 +300,23 @@ class Trainer:
 
         params = list(b.encoder.parameters()) + list(b.decoder.parameters())
         self._loop("vae", s.vae_steps, params, s.vae_lr, step_fn, resume, budget)
+        _log(self.out, {"stage": "vae", "event": "heldout_reconstruction_viou", "viou": round(self.vae_heldout_iou(), 4)})
+
+    @torch.no_grad()
+    def vae_heldout_iou(self, limit: int = 64) -> float:
+        """Mean voxel IoU of encode -> decode (posterior mean) on the held-out split."""
+        paths = list_samples(self.data_dir, "test")[:limit]
+        if not paths:
+            return float("nan")
+        occ = np.stack([load_sample(p)["occupancy"] for p in paths])
+        b = self.bundle
+        b.encoder.eval(), b.decoder.eval()
+        logits = b.decoder(b.encoder(torch.from_numpy(occ.astype(np.float32))[:, None])[0])[:, 0].numpy()
+        b.encoder.train(), b.decoder.train()
+        pred = logits > 0
+        inter = (pred & occ).sum(axis=(1, 2, 3))
+        union = (pred | occ).sum(axis=(1, 2, 3))
+        return float(np.mean(inter / np.maximum(union, 1)))
 
     @torch.no_grad()
     def encode_latents(self, arrays) -> np.ndarray:

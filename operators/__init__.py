@@ -3,12 +3,13 @@
 
 import bpy
 
-from . import job, preferences, properties, threedfy
+from . import job, preferences, properties, refine, threedfy
 
 _classes = (
     *properties.classes,
     preferences.SAM3D_AddonPreferences,
     *threedfy.classes,
+    *refine.classes,
 )
 
 

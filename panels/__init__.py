@@ -64,6 +64,7 @@ def draw_sam3d(layout, context) -> None:
         big = col.row()
         big.scale_y = 1.5
         big.operator("sam3d.threedfy", icon="MESH_MONKEY")
+        col.operator("sam3d.refine", icon="MOD_PHYSICS")
     col.operator("sam3d.free_memory", icon="TRASH")
 
 

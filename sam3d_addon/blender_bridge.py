@@ -834,3 +834,247 @@ def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, l
             "object_matrices": object_matrices, "camera_matrix": camera_matrix}
 
 # (end of section B)
+
+# ============================================================================================
+# Section C: scene refinement (owner: refine work) -- SceneState <-> bpy, observations
+# ============================================================================================
+
+# Main thread only.  The refinement core (sam3d_addon/refine) works on plain SceneState
+# snapshots; these functions read one from the scene, write a kept one back, and render the
+# labelled views a VLM policy observes.
+
+REFINE_DESCRIPTION_PROP = "sam3d_description"
+REFINE_MATERIAL_OWNER_PROP = "sam3d_refine_owner"
+
+
+def _refine_bsdf(mat):
+    if mat is None or mat.node_tree is None:
+        return None
+    return next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+
+
+def _refine_read_material(ob):
+    from .refine.scene import MaterialState
+
+    mat = ob.active_material
+    if mat is None:
+        return None
+    bsdf = _refine_bsdf(mat)
+    if bsdf is not None:
+        color = tuple(float(c) for c in bsdf.inputs["Base Color"].default_value[:3])
+        rough = float(bsdf.inputs["Roughness"].default_value)
+        metal = float(bsdf.inputs["Metallic"].default_value)
+    else:
+        color, rough, metal = tuple(float(c) for c in mat.diffuse_color[:3]), float(mat.roughness), float(mat.metallic)
+    return MaterialState(color, rough, metal, str(mat.get(REFINE_DESCRIPTION_PROP, "")))
+
+
+def _refine_mesh_arrays(ob):
+    mesh = ob.data
+    n = len(mesh.vertices)
+    verts = np.empty(n * 3, np.float64)
+    mesh.vertices.foreach_get("co", verts)
+    mesh.calc_loop_triangles()
+    tris = np.empty(len(mesh.loop_triangles) * 3, np.int32)
+    mesh.loop_triangles.foreach_get("vertices", tris)
+    return verts.reshape(-1, 3), tris.reshape(-1, 3)
+
+
+def refine_read_scene(scene=None, collection=None, masks: dict | None = None,
+                      ground_z: float | None = None, footprint=None):
+    """A SceneState of the scene's (or collection's) visible mesh objects, lights and camera.
+
+    masks: mask id -> HxW bool; an object's mask id is its name when that name is a key, else
+    the stem of its `sam3d_mask` property (set by build_result).  ground_z: the ground height;
+    by default the lowest bottom of the objects (3Dfy results carry no ground plane).
+    """
+    import os
+
+    from .refine.scene import CameraState, LightState, ObjectState, SceneState
+
+    scene = scene or bpy.context.scene
+    pool = list(collection.all_objects) if collection is not None else list(scene.objects)
+    masks = dict(masks or {})
+    state = SceneState(masks=masks)
+    for ob in pool:
+        if ob.type == "MESH" and ob.visible_get() and len(ob.data.vertices):
+            verts, tris = _refine_mesh_arrays(ob)
+            mask_id = None
+            if ob.name in masks:
+                mask_id = ob.name
+            elif ob.get("sam3d_mask"):
+                stem = os.path.splitext(os.path.basename(str(ob["sam3d_mask"])))[0]
+                mask_id = stem if stem in masks else None
+            state.objects[ob.name] = ObjectState(ob.name, np.array(ob.matrix_world, np.float64), verts, tris,
+                                                 _refine_read_material(ob), mask_id)
+        elif ob.type == "LIGHT":
+            light = ob.data
+            state.lights[ob.name] = LightState(ob.name, light.type, np.array(ob.matrix_world.translation, float),
+                                               float(light.energy), tuple(float(c) for c in light.color))
+    cam = scene.camera
+    if cam is not None and cam.type == "CAMERA":
+        r = scene.render
+        state.camera = CameraState(np.array(cam.matrix_world, np.float64), float(cam.data.lens),
+                                   float(cam.data.sensor_width), (int(r.resolution_x), int(r.resolution_y)))
+    if ground_z is None:
+        bottoms = [o.world_bounds()[0][2] for o in state.objects.values()]
+        ground_z = float(min(bottoms)) if bottoms else 0.0
+    state.ground_z = float(ground_z)
+    state.footprint = footprint
+    return state
+
+
+def _refine_set_material(ob, mat_state) -> None:
+    """Give the object its own material (never edit a shared one) with the state's parameters."""
+    mat = ob.active_material
+    if mat is None or mat.get(REFINE_MATERIAL_OWNER_PROP) != ob.name:
+        mat = bpy.data.materials.new(f"SAM3D {ob.name}")
+        mat[REFINE_MATERIAL_OWNER_PROP] = ob.name
+        if not ob.material_slots:
+            ob.data.materials.append(None)
+        slot = ob.material_slots[max(ob.active_material_index, 0)]
+        slot.link = "OBJECT"  # per object: duplicates share the mesh, not the material
+        slot.material = mat
+    if mat.node_tree is None:  # Blender < 5.0
+        mat.use_nodes = True
+    bsdf = _refine_bsdf(mat)
+    color = (*[float(c) for c in mat_state.base_color], 1.0)
+    if bsdf is not None:
+        bsdf.inputs["Base Color"].default_value = color
+        bsdf.inputs["Roughness"].default_value = float(mat_state.roughness)
+        bsdf.inputs["Metallic"].default_value = float(mat_state.metallic)
+    mat.diffuse_color = color
+    mat.roughness, mat.metallic = float(mat_state.roughness), float(mat_state.metallic)
+    mat[REFINE_DESCRIPTION_PROP] = str(mat_state.description)
+
+
+def refine_apply(state, base, scene=None, collection=None) -> None:
+    """Write a kept SceneState into the scene: transforms, materials, duplicates, deletions, lights.
+
+    `base` is the state the scene is in now (what refine_read_scene returned, or the last kept
+    state); objects of `base` missing from `state` are deleted.  New objects and lights go into
+    `collection` (default: the source object's collections / the scene collection).
+    """
+    scene = scene or bpy.context.scene
+    target_coll = collection or scene.collection
+    for name, ob_state in state.objects.items():
+        ob = bpy.data.objects.get(name)
+        if ob is None:
+            src = bpy.data.objects.get(ob_state.source or "")
+            if src is None:
+                raise ValueError(f"cannot create {name!r}: its source object is gone")
+            ob = bpy.data.objects.new(name, src.data)
+            for slot_src, slot_dst in zip(src.material_slots, ob.material_slots):
+                slot_dst.link, slot_dst.material = slot_src.link, slot_src.material
+            for coll in (src.users_collection or (target_coll,)):
+                coll.objects.link(ob)
+            if ob.name != name:
+                raise ValueError(f"the name {name!r} is taken in this file")
+        old = base.objects.get(name)
+        # untouched objects are not written: matrix_world -> loc/rot/scale is not bit-exact
+        if old is None or not np.array_equal(old.matrix_world, ob_state.matrix_world):
+            ob.matrix_world = _as_matrix(ob_state.matrix_world)
+        if ob_state.material is not None and (old is None or old.material != ob_state.material):
+            _refine_set_material(ob, ob_state.material)
+    for name in base.objects:
+        if name not in state.objects and bpy.data.objects.get(name) is not None:
+            bpy.data.objects.remove(bpy.data.objects[name])
+    for name, light_state in state.lights.items():
+        ob = bpy.data.objects.get(name)
+        if ob is None or ob.type != "LIGHT":
+            data = bpy.data.lights.new(name, light_state.type)
+            ob = bpy.data.objects.new(name, data)
+            target_coll.objects.link(ob)
+            ob.location = [float(c) for c in light_state.position]
+            if light_state.type in ("SUN", "SPOT", "AREA"):  # aim at the scene below
+                ob.rotation_euler = (0.3, 0.0, 0.0)
+        ob.data.energy = float(light_state.power)
+        ob.data.color = [float(c) for c in light_state.color]
+    bpy.context.view_layer.update()
+
+
+def _refine_view_cameras(state):
+    """Top and side views framing all objects (matrix_world, lens 35 mm)."""
+    from .data.camera import look_at
+
+    if not state.objects:
+        lo, hi = np.zeros(3), np.ones(3)
+    else:
+        bounds = [o.world_bounds() for o in state.objects.values()]
+        lo = np.min([b[0] for b in bounds], axis=0)
+        hi = np.max([b[1] for b in bounds], axis=0)
+    centre, radius = (lo + hi) / 2, max(float(np.linalg.norm(hi - lo)) / 2, 0.1)
+    dist = radius / np.tan(np.radians(27.0)) * 1.2  # a 35 mm lens sees about 54 degrees
+    top = look_at(centre + [0.0, -1e-3, dist], centre)
+    side = look_at(centre + [dist, 0.0, 0.2 * dist], centre)
+    return {"top": top, "side": side}
+
+
+def refine_render_views(state, scene=None, size: int = 256, views=("photo_camera", "top", "side")) -> list:
+    """Workbench renders of the scene (which must show `state`) as PNG bytes, labels at the
+    projected object centres: [(view name, png bytes)].  Scene settings are restored."""
+    import io
+    import os
+    import tempfile
+
+    from PIL import Image, ImageDraw
+
+    from .refine.scene import CameraState
+
+    scene = scene or bpy.context.scene
+    r = scene.render
+    saved = (scene.camera, r.resolution_x, r.resolution_y, r.resolution_percentage)
+    extra = _refine_view_cameras(state)
+    tmp_cams = []
+    out = []
+    tmpdir = tempfile.mkdtemp(prefix="sam3d_refine_views_")
+    try:
+        for view in views:
+            if view == "photo_camera":
+                if saved[0] is None or state.camera is None:
+                    continue
+                w0, h0 = state.camera.resolution
+                k = size / max(w0, h0)
+                w, h = max(1, round(w0 * k)), max(1, round(h0 * k))
+                cam_state = CameraState(state.camera.matrix_world, state.camera.lens_mm,
+                                        state.camera.sensor_width_mm, (w, h))
+                scene.camera = saved[0]
+            else:
+                data = bpy.data.cameras.new(f"sam3d_refine_{view}")
+                data.lens, data.sensor_width, data.sensor_fit = 35.0, 36.0, "AUTO"
+                data.clip_start, data.clip_end = 0.01, 1000.0
+                cam_ob = bpy.data.objects.new(f"sam3d_refine_{view}", data)
+                tmp_cams.append((cam_ob, data))
+                scene.collection.objects.link(cam_ob)
+                cam_ob.matrix_world = _as_matrix(extra[view])
+                scene.camera = cam_ob
+                w = h = size
+                cam_state = CameraState(extra[view], 35.0, 36.0, (w, h))
+            r.resolution_x, r.resolution_y, r.resolution_percentage = w, h, 100
+            path = os.path.join(tmpdir, f"{view}.png")
+            rgba = render_png(path, engine="BLENDER_WORKBENCH", scene=scene,
+                              composite_photo=(view == "photo_camera"))
+            img = Image.fromarray(np.clip(rgba[..., :3] * 255 + 0.5, 0, 255).astype(np.uint8))
+            draw = ImageDraw.Draw(img)
+            for name, ob in state.objects.items():
+                lo, hi = ob.world_bounds()
+                uv, depth = cam_state.project(((lo + hi) / 2)[None])
+                if depth[0] > 0:
+                    x, y = float(uv[0, 0]), float(uv[0, 1])
+                    box = draw.textbbox((x, y), name, anchor="mm")
+                    draw.rectangle(box, fill=(0, 0, 0))
+                    draw.text((x, y), name, fill=(255, 255, 0), anchor="mm")
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            out.append((view, buf.getvalue()))
+    finally:
+        scene.camera, r.resolution_x, r.resolution_y, r.resolution_percentage = saved
+        for cam_ob, data in tmp_cams:
+            bpy.data.objects.remove(cam_ob)
+            bpy.data.cameras.remove(data)
+        import shutil
+
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+# (end of section C)

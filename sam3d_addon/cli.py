@@ -176,6 +176,90 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _add_refine(sub):
+    p = sub.add_parser("refine", help="refine a scene's layout with the built-in policy or a VLM (observe, act, verify)")
+    p.add_argument("blend", help="input .blend (e.g. written by sam3d 3dfy)")
+    p.add_argument("--out", required=True, help="output .blend")
+    p.add_argument("--prompt", default="", help="what the scene should look like")
+    p.add_argument("--policy", default="builtin", choices=["builtin", "vlm"])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--candidates", type=int, default=4, help="programs tried per round; the best is kept")
+    p.add_argument("--vlm-url", default=None, help="OpenAI-compatible base URL (default: http://127.0.0.1:8000/v1)")
+    p.add_argument("--vlm-model", default=None)
+    p.add_argument("--allow-online", action="store_true", help="allow a VLM URL that is not on this machine")
+    p.add_argument("--log", default=None, metavar="DIR", help="write each round as JSON lines (and PNGs) here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object: reports before/after, rounds")
+    p.set_defaults(func=cmd_refine)
+
+
+def _object_masks(objects, resolution) -> dict:
+    """Masks of 3Dfied objects, read from the files their `sam3d_mask` property names."""
+    import numpy as np
+    from PIL import Image
+
+    masks = {}
+    for ob in objects:
+        path = ob.get("sam3d_mask")
+        if path and Path(str(path)).is_file():
+            img = Image.open(str(path)).convert("L")
+            if img.size != tuple(resolution):
+                img = img.resize(tuple(resolution), Image.NEAREST)
+            masks[ob.name] = np.asarray(img) > 127
+    return masks
+
+
+def cmd_refine(args) -> int:
+    src = Path(args.blend)
+    if src.suffix.lower() != ".blend" or not src.is_file():
+        raise Sam3DError(f"No .blend file at {src}.")
+    out = _check_out_path(args.out, (".blend",), "--out")
+    if args.rounds < 1 or args.candidates < 1:
+        raise Sam3DError("--rounds and --candidates must be at least 1.")
+
+    import bpy
+
+    from . import blender_bridge as bridge
+    from .refine.loop import refine
+    from .refine.policy_builtin import BuiltinPolicy
+
+    bpy.ops.wm.open_mainfile(filepath=str(src.resolve()))
+    scene = bpy.context.scene
+    res = (scene.render.resolution_x, scene.render.resolution_y)
+    base = bridge.refine_read_scene(scene, masks=_object_masks(scene.objects, res))
+    if not base.objects:
+        raise Sam3DError(f"{src} has no visible mesh objects to refine.")
+    observe = None
+    if args.policy == "vlm":
+        from .refine import policy_vlm
+
+        policy = policy_vlm.VLMPolicy(args.vlm_url or policy_vlm.DEFAULT_URL, args.vlm_model or policy_vlm.DEFAULT_MODEL,
+                                      online_access=args.allow_online)
+
+        def observe(state):
+            return bridge.refine_render_views(state, scene, size=256)
+    else:
+        policy = BuiltinPolicy(seed=args.seed)
+    live = {"state": base}
+
+    def on_keep(index, state):
+        bridge.refine_apply(state, live["state"], scene)
+        live["state"] = state
+
+    result = refine(base, policy, rounds=args.rounds, candidates=args.candidates, prompt=args.prompt,
+                    log_dir=args.log, observe=observe, on_keep=on_keep)
+    bridge.save_blend(str(out))
+    if args.json:
+        summary = result.to_json()
+        summary["rounds"] = [{k: v for k, v in r.items() if k != "candidates"} for r in summary["rounds"]]
+        summary["out"] = str(out)
+        print(json.dumps(summary))
+    else:
+        print(f"sam3d: refined in {result.kept_rounds} round(s), score {result.initial.score:.3f} -> "
+              f"{result.final.score:.3f} ({result.stop_reason}) -> {out}")
+    return 0
+
+
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks: geometry, speed, import")
     p.add_argument("which", choices=["geometry", "speed", "import"])
@@ -225,7 +309,7 @@ def _bar(label: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d", description="SAM 3D for Blender")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_3dfy, _add_data, _add_train, _add_export, _add_bench):
+    for add in (_add_3dfy, _add_data, _add_train, _add_export, _add_bench, _add_refine):
         add(sub)
     return parser
 

@@ -73,14 +73,24 @@ class SAM3D_JobState(bpy.types.PropertyGroup):
     status: StringProperty(name="Status", default="")
 
 
-classes = (SAM3D_MaskItem, SAM3D_SceneSettings, SAM3D_JobState)
+class SAM3D_RefineState(bpy.types.PropertyGroup):
+    """The running "Refine Scene" operator's progress (the panel's bar)."""
+
+    running: BoolProperty(name="Running", default=False)
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    status: StringProperty(name="Status", default="")
+
+
+classes = (SAM3D_MaskItem, SAM3D_SceneSettings, SAM3D_JobState, SAM3D_RefineState)
 
 
 def register_pointers():
     bpy.types.Scene.sam3d = PointerProperty(type=SAM3D_SceneSettings)
     bpy.types.WindowManager.sam3d_job = PointerProperty(type=SAM3D_JobState)
+    bpy.types.WindowManager.sam3d_refine = PointerProperty(type=SAM3D_RefineState)
 
 
 def unregister_pointers():
+    del bpy.types.WindowManager.sam3d_refine
     del bpy.types.WindowManager.sam3d_job
     del bpy.types.Scene.sam3d

@@ -64,7 +64,16 @@ def draw_sam3d(layout, context) -> None:
         big = col.row()
         big.scale_y = 1.5
         big.operator("sam3d.threedfy", icon="MESH_MONKEY")
-        col.operator("sam3d.refine", icon="MOD_PHYSICS")
+        refine = getattr(context.window_manager, "sam3d_refine", None)
+        if refine is not None and refine.running:
+            text = refine.status or "Refining"
+            if hasattr(col, "progress"):  # Blender 4.0+
+                col.progress(factor=refine.progress, type="BAR", text=f"{text} ({refine.progress:.0%})")
+            else:
+                col.label(text=f"{text} ({refine.progress:.0%})")
+            col.operator("sam3d.refine_cancel", icon="CANCEL", text="Stop Refining (Esc)")
+        else:
+            col.operator("sam3d.refine", icon="MOD_PHYSICS")
     col.operator("sam3d.free_memory", icon="TRASH")
 
 

@@ -261,13 +261,14 @@ def cmd_refine(args) -> int:
 
 
 def _add_bench(sub):
-    p = sub.add_parser("bench", help="benchmarks: geometry, speed, import")
-    p.add_argument("which", choices=["geometry", "speed", "import"])
+    p = sub.add_parser("bench", help="benchmarks: geometry, speed, import, refine")
+    p.add_argument("which", choices=["geometry", "speed", "import", "refine"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quick", action="store_true", help="a fixed small subset, in under 2 minutes")
     p.add_argument("--model", default="tiny")
     p.add_argument("--data", default=None, help="data directory (default: data/synth)")
     p.add_argument("--faces", type=int, default=500_000, help="bench import: mesh size")
+    p.add_argument("--seed", type=int, default=0, help="bench refine: the policy's seed (the scenes are fixed)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -280,6 +281,10 @@ def cmd_bench(args) -> int:
         from .nn.speed import bench_speed
 
         report = bench_speed(args.model)
+    elif args.which == "refine":
+        from .refine.bench import bench_refine
+
+        report = bench_refine(args.quick, seed=args.seed)
     else:
         from .bench_import import bench_import
 

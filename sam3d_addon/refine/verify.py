@@ -8,9 +8,9 @@
 * supported: the bottom rests on the ground plane (z = ground_z) or on the top of another
   object below it, within a tolerance.
 * photo consistency: each object's silhouette through the photo camera (triangles filled with
-  PIL at a small working resolution), occluded by nearer objects (painter's order), against its
-  3Dfy mask (IoU); and depth-order consistency: where two silhouettes overlap, the object whose
-  mask covers the overlap should be the nearer one.
+  PIL, supersampled, at a small working resolution), occluded by nearer objects (painter's
+  order), against its 3Dfy mask (IoU); and depth-order consistency: where two silhouettes
+  overlap, the object whose mask covers the overlap should be the nearer one.
 
 `verify(state)` returns a `Report` whose `score` the refinement loop maximises.
 """
@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from .scene import ObjectState, SceneState
 
 WORK_SIZE = 96  # longer side of the silhouette images, pixels
+SUPERSAMPLE = 4  # silhouettes are rasterised at this many samples per pixel side
 COLLISION_TOL = 0.01  # intersection volume allowed, as a fraction of the smaller volume
 SUPPORT_TOL_M = 0.01
 SUPPORT_TOL_REL = 0.02  # of the object's height
@@ -52,19 +53,25 @@ def silhouette(ob: ObjectState, camera, size: tuple[int, int]) -> tuple[np.ndarr
     tri = uv[ob.faces]  # [F,3,2]
     tmin, tmax = tri.min(axis=1), tri.max(axis=1)
     keep = (tmax[:, 0] >= 0) & (tmax[:, 1] >= 0) & (tmin[:, 0] <= w) & (tmin[:, 1] <= h)
-    img = Image.new("1", (w, h), 0)
+    # supersampled, then a pixel is in when at least half of it is covered: thin parts (legs)
+    # are neither fattened to a whole pixel nor dropped, like a mask downsized by area
+    ss = SUPERSAMPLE
+    img = Image.new("L", (w * ss, h * ss), 0)
     draw = ImageDraw.Draw(img)
     # PIL's pixel (i, j) is centred at (i, j); raster centres are at +0.5
-    for t in (tri[keep] - 0.5).tolist():
-        draw.polygon([tuple(p) for p in t], fill=1, outline=1)
-    return np.asarray(img, dtype=bool), float(centre_depth[0])
+    for t in (tri[keep] * ss - 0.5).tolist():
+        draw.polygon([tuple(p) for p in t], fill=255)
+    cover = np.asarray(img).reshape(h, ss, w, ss).mean(axis=(1, 3))
+    return cover >= 127.5, float(centre_depth[0])
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     if mask.shape == (h, w):
         return mask.astype(bool)
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)
+    # area average (BOX) when shrinking: a pixel is in when at least half of it was
+    filt = Image.BOX if w <= mask.shape[1] else Image.BILINEAR
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), filt)
     return np.asarray(img) >= 128
 
 

@@ -1078,3 +1078,130 @@ def refine_render_views(state, scene=None, size: int = 256, views=("photo_camera
     return out
 
 # (end of section C)
+
+# ============================================================================================
+# Section D: textures and colours on result meshes (owner: texture & refinement work)
+# ============================================================================================
+
+# Main thread only.  The texture stage (sam3d_addon/texture, NumPy) hands over UVs + a baked
+# texture or per-vertex colours; these functions store them on an object's mesh and give it its
+# own Principled BSDF material wired to them, so Material Preview, Cycles/EEVEE renders and the
+# glTF/USD exporters all show the colours with no manual step.
+
+TEXTURE_MATERIAL_PREFIX = "SAM3D Texture"
+COLORS_MATERIAL_PREFIX = "SAM3D Colors"
+UV_LAYER = "UVMap"
+
+
+def _texture_corner_vertices(mesh) -> np.ndarray:
+    corner = np.empty(len(mesh.loops), dtype=np.int32)
+    mesh.loops.foreach_get("vertex_index", corner)
+    return corner
+
+
+def _texture_new_material(name: str, base_color) -> "bpy.types.Material":
+    """A fresh material whose node tree is Principled BSDF -> Material Output; returns it."""
+    mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:  # Blender < 5.0 (use_nodes is deprecated, always on, in 5.x)
+        mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is None:
+        bsdf = nodes.new("ShaderNodeBsdfPrincipled")
+        out = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new("ShaderNodeOutputMaterial")
+        links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+    bsdf.inputs["Roughness"].default_value = 0.8
+    rgba = tuple(float(c) for c in base_color[:3]) + (1.0,)
+    mat.diffuse_color = rgba  # the Solid view / Workbench colour
+    bsdf.inputs["Base Color"].default_value = rgba
+    return mat
+
+
+def _texture_assign(obj, mat) -> None:
+    obj.data.materials.clear()
+    obj.data.materials.append(mat)
+
+
+def apply_texture(obj, uv, texture_rgb, name: str | None = None) -> "bpy.types.Material":
+    """Give a mesh object UVs and a baked texture through a new Principled BSDF material.
+
+    uv: per-corner [len(mesh.loops), 2] (as `texture.bake.loop_uvs` gives for the mesh's faces in
+    order) or per-vertex [len(mesh.vertices), 2]; v up.  texture_rgb: HxWx3|4 uint8 sRGB, row 0 at
+    the top (v = 1).  The image is packed into the .blend.  Returns the material.
+    """
+    mesh = obj.data
+    uv = np.asarray(uv, dtype=np.float32).reshape(-1, 2)
+    if len(uv) == len(mesh.vertices) and len(uv) != len(mesh.loops):
+        uv = uv[_texture_corner_vertices(mesh)]
+    if len(uv) != len(mesh.loops):
+        raise ValueError(f"uv must have one row per corner ({len(mesh.loops)}) or vertex ({len(mesh.vertices)}), got {len(uv)}")
+    layer = mesh.uv_layers.get(UV_LAYER) or mesh.uv_layers.new(name=UV_LAYER)
+    flat = np.ascontiguousarray(uv).reshape(-1)
+    if hasattr(layer, "uv"):  # Blender >= 3.5: the UV attribute proxy
+        layer.uv.foreach_set("vector", flat)
+    else:
+        layer.data.foreach_set("uv", flat)
+    mesh.uv_layers.active = layer
+    layer.active_render = True
+
+    texture = np.asarray(texture_rgb)
+    label = name or obj.name
+    image = image_from_array(f"{TEXTURE_MATERIAL_PREFIX} {label}", texture)
+    mean = texture[..., :3].reshape(-1, 3).mean(axis=0) / (255.0 if texture.dtype == np.uint8 else 1.0)
+    mat = _texture_new_material(f"{TEXTURE_MATERIAL_PREFIX} {label}", mean)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.interpolation = "Linear"
+    tex.location = (bsdf.location.x - 320, bsdf.location.y)
+    uv_node = nodes.new("ShaderNodeUVMap")
+    uv_node.uv_map = UV_LAYER
+    uv_node.location = (tex.location.x - 220, tex.location.y)
+    links.new(uv_node.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    _texture_assign(obj, mat)
+    mesh.update()
+    return mat
+
+
+def apply_vertex_colors(obj, colors, name: str | None = None) -> "bpy.types.Material":
+    """Store colours on a mesh object and wire them to a new Principled BSDF material.
+
+    colors: [V, 3|4] per vertex or [len(mesh.loops), 3|4] per corner, float in [0, 1] (sRGB, like
+    photo colours) or uint8.  Written as the colour attribute `Color` (active for render and
+    export); the material reads it through a Color Attribute node.  Returns the material.
+    """
+    mesh = obj.data
+    cols = np.asarray(colors)
+    cols = cols.astype(np.float32) / 255.0 if cols.dtype == np.uint8 else cols.astype(np.float32)
+    if cols.ndim != 2 or cols.shape[1] not in (3, 4):
+        raise ValueError(f"colors must be (n,3|4), got shape {cols.shape}")
+    if len(cols) == len(mesh.vertices):
+        domain = "POINT"
+    elif len(cols) == len(mesh.loops):
+        domain = "CORNER"
+    else:
+        raise ValueError(f"colors must have one row per vertex ({len(mesh.vertices)}) or corner ({len(mesh.loops)})")
+    if cols.shape[1] == 3:
+        cols = np.concatenate([cols, np.ones((len(cols), 1), np.float32)], axis=1)
+    existing = mesh.color_attributes.get(COLOR_ATTRIBUTE)
+    if existing is not None:
+        mesh.color_attributes.remove(existing)
+    attr = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", domain)
+    attr.data.foreach_set("color_srgb", np.ascontiguousarray(np.clip(cols, 0.0, 1.0)).reshape(-1))
+    mesh.color_attributes.active_color = attr
+    mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
+
+    mat = _texture_new_material(f"{COLORS_MATERIAL_PREFIX} {name or obj.name}", cols[:, :3].mean(axis=0))
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    node = nodes.new("ShaderNodeVertexColor")  # the "Color Attribute" node
+    node.layer_name = COLOR_ATTRIBUTE
+    node.location = (bsdf.location.x - 300, bsdf.location.y)
+    links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+    _texture_assign(obj, mat)
+    mesh.update()
+    return mat
+
+# (end of section D)

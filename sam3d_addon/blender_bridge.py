@@ -1077,6 +1077,28 @@ def refine_render_views(state, scene=None, size: int = 256, views=("photo_camera
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
 
+def refine_build_scene(state) -> "bpy.types.Scene":
+    """A fresh scene showing a SceneState: its meshes at their transforms, a ground plane and the
+    photo camera (for pictures and benchmarks built from synthetic states)."""
+    reset_to_empty_scene()
+    sc = bpy.context.scene
+    for name, ob_state in state.objects.items():
+        ob = bpy.data.objects.new(name, mesh_from_numpy(name, ob_state.vertices, ob_state.faces))
+        sc.collection.objects.link(ob)
+        ob.matrix_world = _as_matrix(ob_state.matrix_world)
+    bpy.ops.mesh.primitive_plane_add(size=20.0, location=(0.0, 0.0, float(state.ground_z or 0.0)))
+    bpy.context.active_object.name = "ground"
+    cam = bpy.data.objects.new("photo camera", bpy.data.cameras.new("photo camera"))
+    cam.data.lens, cam.data.sensor_width = state.camera.lens_mm, state.camera.sensor_width_mm
+    cam.data.sensor_fit = "AUTO"
+    sc.collection.objects.link(cam)
+    cam.matrix_world = _as_matrix(state.camera.matrix_world)
+    sc.camera = cam
+    sc.render.resolution_x, sc.render.resolution_y = state.camera.resolution
+    sc.render.resolution_percentage = 100
+    bpy.context.view_layer.update()
+    return sc
+
 # (end of section C)
 
 # ============================================================================================

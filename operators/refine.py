@@ -95,6 +95,8 @@ class RefineJob:
         self.scene_name = scene_name
         self.rounds, self.candidates, self.prompt, self.log_dir = rounds, candidates, prompt, log_dir
         self.render_views = render_views
+        # The panel's picture of the last kept round (a Workbench render, ~1 s): UI runs only.
+        self.preview = not bpy.app.background
         self.live = {"state": base, "round": None}  # what the live scene shows now
         self.kept = 0
         self.result = None
@@ -131,6 +133,8 @@ class RefineJob:
             raise
         live.update(state=state, round=index)
         self.kept += 1
+        if self.preview:
+            bridge.refine_update_preview(state, scene)
 
     def _render(self, state) -> list:
         return bridge.refine_render_views(state, self._scene(), size=256)

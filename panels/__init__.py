@@ -74,6 +74,10 @@ def draw_sam3d(layout, context) -> None:
             col.operator("sam3d.refine_cancel", icon="CANCEL", text="Stop Refining (Esc)")
         else:
             col.operator("sam3d.refine", icon="MOD_PHYSICS")
+        preview = bpy.data.images.get("SAM3D Refine Preview")
+        if preview is not None:  # the last kept refinement round, seen through the photo camera
+            col.label(text="Last refined view:")
+            col.template_icon(icon_value=preview.preview_ensure().icon_id, scale=8.0)
     col.operator("sam3d.free_memory", icon="TRASH")
 
 

@@ -1077,6 +1077,35 @@ def refine_render_views(state, scene=None, size: int = 256, views=("photo_camera
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
 
+REFINE_PREVIEW_IMAGE = "SAM3D Refine Preview"
+
+
+def refine_update_preview(state, scene=None, size: int = 256) -> "bpy.types.Image":
+    """Render the photo-camera view of the scene (showing `state`) into the preview image that
+    the Refine panel shows; reuses the image so a run does not pile up data blocks."""
+    import io
+
+    from PIL import Image
+
+    (_, png), = refine_render_views(state, scene, size=size, views=("photo_camera",))
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    h, w = rgb.shape[:2]
+    img = bpy.data.images.get(REFINE_PREVIEW_IMAGE)
+    if img is not None and tuple(img.size) != (w, h):
+        bpy.data.images.remove(img)
+        img = None
+    if img is None:
+        return image_from_array(REFINE_PREVIEW_IMAGE, rgb)
+    rgba = np.ones((h, w, 4), np.float32)
+    rgba[..., :3] = rgb / 255.0
+    img.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).reshape(-1))
+    img.update()
+    img.pack()
+    if img.preview is not None:
+        img.preview.reload()
+    return img
+
+
 def refine_build_scene(state) -> "bpy.types.Scene":
     """A fresh scene showing a SceneState: its meshes at their transforms, a ground plane and the
     photo camera (for pictures and benchmarks built from synthetic states)."""

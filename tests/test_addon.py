@@ -311,6 +311,10 @@ class _Recorder:
         assert active_name in active_data.bl_rna.properties
         self.calls.append(("template_list", name))
 
+    def template_icon(self, icon_value=0, scale=1.0):
+        assert isinstance(icon_value, int)
+        self.calls.append(("template_icon", icon_value))
+
     def progress(self, factor=0.0, type="BAR", text=""):
         self.calls.append(("progress", factor, text))
 

@@ -425,3 +425,21 @@ def test_panel_shows_refine_progress_and_stop(addon):
     ops = [c[1] for c in calls if c[0] == "operator"]
     assert "sam3d.refine_cancel" in ops and "sam3d.refine" not in ops
     assert ("progress", pytest.approx(0.5), "round 2/3: asking the builtin policy (50%)") in calls
+
+
+def test_refine_preview_image_is_rendered_and_shown_in_the_panel(addon):
+    from tests.test_addon import _Recorder
+
+    sc, gt, start = build_scene()
+    img = bridge.refine_update_preview(start, sc, size=64)
+    again = bridge.refine_update_preview(gt, sc, size=64)
+    assert again == img and bpy.data.images.get(bridge.REFINE_PREVIEW_IMAGE) == img  # reused
+    assert tuple(img.size) == (64, 48)
+    pixels = np.empty(64 * 48 * 4, np.float32)
+    img.pixels.foreach_get(pixels)
+    assert pixels.reshape(-1, 4)[:, :3].std() > 0.01  # a picture, not a blank
+    panels = importlib.import_module(MODULE + ".panels")
+    calls = []
+    panels.draw_sam3d(_Recorder(calls), bpy.context)
+    assert any(c[0] == "template_icon" for c in calls)
+    bpy.data.images.remove(img)

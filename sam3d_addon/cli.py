@@ -278,9 +278,11 @@ def cmd_bench(args) -> int:
 
         report = bench_geometry_cli(args)
     elif args.which == "speed":
+        from .bench import bench_geometry_stage
         from .nn.speed import bench_speed
 
         report = bench_speed(args.model)
+        report["geometry_stage"] = bench_geometry_stage(args.model, args.data)
     elif args.which == "refine":
         from .refine.bench import bench_refine
 

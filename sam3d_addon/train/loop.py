@@ -55,7 +55,9 @@ class Schedule:
     distill_lr: float = 1e-4
     warmup: int = 200
     p_uncond: float = 0.1
-    p_drop_points: float = 0.5
+    # Most batches see no point map: the add-on has none at run time, and with half the batches
+    # carrying one the model learned to read translation from the points and not the image.
+    p_drop_points: float = 0.9
     loss_weights: dict = field(default_factory=lambda: {
         "shape": 1.0, "rotation6d": 0.1, "translation": 1.0, "scale": 0.1, "translation_scale": 0.1})
     # Inference defaults written into the card.
@@ -180,6 +182,7 @@ class Trainer:
         self.state: dict = {"stage": "vae", "step": 0, "seconds": {}}
         self.latent_mean = self.latent_std = None
         self.pose_stats = None
+        self.schedule_changes: list[dict] = []
         if not (self.data_dir / "train").is_dir():
             raise InputError(f"{self.data_dir} has no train/ split; generate data with `sam3d data --out {self.data_dir} --n N`.")
         meta_path = self.data_dir / "meta.json"  # written when a generation run completes
@@ -208,6 +211,11 @@ class Trainer:
         self.latent_mean, self.latent_std, self.pose_stats = saved["latent_mean"], saved["latent_std"], saved["pose_stats"]
         self.generator.set_state(saved["rng"])
         print(f"train: resuming at stage {self.state['stage']} step {self.state['step']}", file=sys.stderr)
+        changed = {k: [saved["schedule"].get(k), v] for k, v in asdict(self.schedule).items()
+                   if saved["schedule"].get(k) != v}
+        if changed:  # a resumed run with another schedule: say so in the log and the card
+            self.schedule_changes.append({"stage": self.state["stage"], "step": self.state["step"], "changed": changed})
+            _log(self.out, {"event": "schedule_changed_on_resume", **self.schedule_changes[-1]})
         return saved
 
     # -- stages -----------------------------------------------------------------------------------
@@ -408,7 +416,7 @@ class Trainer:
             "data": str(self.data_dir), "data_meta": {k: self.data_meta.get(k) for k in ("n_train", "n_test", "seed", "resolution", "fov_deg", "version") if k in self.data_meta},
             "train_samples": len(arrays), "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
             "median_depth": float(np.median(arrays.translation[:, 2])),
-            "schedule": asdict(s), "seed": self.seed, "device": "cpu", "torch": torch.__version__,
+            "schedule": asdict(s), "schedule_changes": self.schedule_changes, "seed": self.seed, "device": "cpu", "torch": torch.__version__,
         }
         path = save_checkpoint(self.out / "model.pt", self.bundle, latent_mean=self.latent_mean, latent_std=self.latent_std,
                                pose_stats=self.pose_stats, sampler=sampler,

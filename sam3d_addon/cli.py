@@ -160,16 +160,26 @@ def _add_export(sub):
     p.add_argument("--random", action="store_true", help="export a freshly initialised model (development)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", default=None, help="model version written into the card")
+    p.add_argument("--metrics", default=None, help="a `sam3d bench ... --json` output to record in the card")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     from .nn.export import export_checkpoint, export_random
 
+    fields = {}
+    if args.version:
+        fields["version"] = args.version
+    if args.metrics:
+        try:
+            fields["metrics"] = json.loads(Path(args.metrics).read_text())
+        except (OSError, ValueError) as exc:
+            raise Sam3DError(f"Cannot read --metrics {args.metrics}: {exc}") from None
     if args.random:
-        export_random(args.config, args.out, seed=args.seed)
+        export_random(args.config, args.out, seed=args.seed, **fields)
     elif args.checkpoint:
-        export_checkpoint(args.checkpoint, args.out)
+        export_checkpoint(args.checkpoint, args.out, **fields)
     else:
         raise Sam3DError("export needs --checkpoint PATH or --random.")
     print(f"sam3d: exported to {args.out}")

@@ -26,6 +26,8 @@ def _add_3dfy(sub):
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model card's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance strength (non-shortcut mode)")
     p.add_argument("--no-shortcut", action="store_true", help="plain flow sampling instead of the distilled few-step mode")
+    p.add_argument("--fit-layout", action="store_true",
+                   help="after sampling, fit each object's translation/scale/yaw to its mask (slower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print one JSON object describing the result")
@@ -87,7 +89,7 @@ def cmd_3dfy(args) -> int:
 
     pipe = Sam3DPipeline(model=args.model, device=args.device, notice=notice)
     result = pipe.run(args.image, args.mask, steps=args.steps, seed=args.seed, cfg_strength=args.cfg,
-                      shortcut=False if args.no_shortcut else None)
+                      shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout)
 
     from . import blender_bridge as bridge
 

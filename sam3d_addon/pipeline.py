@@ -132,8 +132,15 @@ class Sam3DPipeline:
     def run(self, image, masks, names: list[str] | None = None, steps: int | None = None,
             seed: int | None = 0, cfg_strength: float | None = None,
             progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
-            shortcut: bool | None = None) -> Result:
-        """3Dfy every mask of a photo.  Validates all inputs before any model work."""
+            shortcut: bool | None = None, fit_layout: bool = False) -> Result:
+        """3Dfy every mask of a photo.  Validates all inputs before any model work.
+
+        `fit_layout` runs the layout post-optimisation (`refine.layout`, off by default as in the
+        official release): each object's translation, scale and yaw are adjusted so its
+        silhouette through the matched camera fits its mask.  Without a point map the model's
+        depth and size are ambiguous; this pins them to what the photo shows.  It costs seconds
+        to a minute per object on a CPU.
+        """
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         photo = read_photo(image)
@@ -148,14 +155,15 @@ class Sam3DPipeline:
         camera, scene_scale = self.match_camera(photo)
         objects = []
         n = len(mask_arrays)
+        span = 0.9 if fit_layout else 1.0  # the last tenth of the bar is the layout fit
         for i, (mask, name, src) in enumerate(zip(mask_arrays, names, masks)):
             def step_progress(k, total, i=i):
                 if progress:
-                    progress((i + 0.1 + 0.8 * k / total) / n, f"{name}: step {k}/{total}")
+                    progress(span * (i + 0.1 + 0.8 * k / total) / n, f"{name}: step {k}/{total}")
             if cancel is not None and cancel():
                 raise Cancelled()
             if progress:
-                progress(i / n, f"{name}: encoding")
+                progress(span * i / n, f"{name}: encoding")
             inputs = prepare_inputs(photo.rgb, mask, self.card.input_size, self.card.crop_box_factor)
             out = self.generate(inputs, seed=None if seed is None else seed + i, steps=steps,
                                 cfg_strength=cfg_strength, shortcut=shortcut,
@@ -171,6 +179,18 @@ class Sam3DPipeline:
                 rotation=out["R"], translation=t, scale=s,
                 occupancy=out["logits"] > self.card.occupancy_threshold,
             ))
+        if fit_layout and objects:
+            if progress:
+                progress(0.92, "fitting the layout to the masks")
+            from .refine.layout import fit_layout as fit
+
+            t_fit = time.perf_counter()
+            fitted = fit(objects, camera, {o.name: m for o, m in zip(objects, mask_arrays)}, seed=seed or 0, cancel=cancel)
+            for o in objects:
+                if o.name in fitted:
+                    o.matrix_world = fitted[o.name]
+                    o.rotation, o.translation, o.scale = pose_mod.object_matrix_to_camera_pose(o.matrix_world, camera.matrix_world)
+            timings["layout"] = time.perf_counter() - t_fit
         if progress:
             progress(1.0, "done")
         timings["total"] = time.perf_counter() - t_start

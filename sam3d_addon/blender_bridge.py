@@ -92,16 +92,9 @@ def mesh_from_numpy(name: str, vertices, faces, colors=None, smooth: bool = True
     return mesh
 
 
-def _material(vertex_colors: bool, created: list):
-    """The shared flat grey or vertex-colour material (created on first use)."""
-    name = VERTEX_COLOR_MATERIAL if vertex_colors else GREY_MATERIAL
-    mat = bpy.data.materials.get(name)
-    if mat is not None and mat.library is None:
-        return mat
+def principled_material(name: str, base_color) -> "bpy.types.Material":
+    """A new material: Principled BSDF -> Material Output, the given base colour, roughness 0.8."""
     mat = bpy.data.materials.new(name)
-    created.append(mat)
-    grey = (0.6, 0.6, 0.6, 1.0)
-    mat.diffuse_color = grey  # Workbench / solid view
     if mat.node_tree is None:  # Blender < 5.0 (use_nodes is deprecated, always on, in 5.x)
         mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
@@ -110,9 +103,24 @@ def _material(vertex_colors: bool, created: list):
         bsdf = nodes.new("ShaderNodeBsdfPrincipled")
         out = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new("ShaderNodeOutputMaterial")
         links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
-    bsdf.inputs["Base Color"].default_value = grey
     bsdf.inputs["Roughness"].default_value = 0.8
+    rgba = tuple(float(c) for c in base_color[:3]) + (1.0,)
+    mat.diffuse_color = rgba  # the Solid view / Workbench colour
+    bsdf.inputs["Base Color"].default_value = rgba
+    return mat
+
+
+def _material(vertex_colors: bool, created: list):
+    """The shared flat grey or vertex-colour material (created on first use)."""
+    name = VERTEX_COLOR_MATERIAL if vertex_colors else GREY_MATERIAL
+    mat = bpy.data.materials.get(name)
+    if mat is not None and mat.library is None:
+        return mat
+    mat = principled_material(name, (0.6, 0.6, 0.6))
+    created.append(mat)
     if vertex_colors:
+        nodes, links = mat.node_tree.nodes, mat.node_tree.links
+        bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
         attr = nodes.new("ShaderNodeVertexColor")
         attr.layer_name = COLOR_ATTRIBUTE
         attr.location = (bsdf.location.x - 300, bsdf.location.y)
@@ -1150,24 +1158,6 @@ def _texture_corner_vertices(mesh) -> np.ndarray:
     return corner
 
 
-def _texture_new_material(name: str, base_color) -> "bpy.types.Material":
-    """A fresh material whose node tree is Principled BSDF -> Material Output; returns it."""
-    mat = bpy.data.materials.new(name)
-    if mat.node_tree is None:  # Blender < 5.0 (use_nodes is deprecated, always on, in 5.x)
-        mat.use_nodes = True
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
-    if bsdf is None:
-        bsdf = nodes.new("ShaderNodeBsdfPrincipled")
-        out = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new("ShaderNodeOutputMaterial")
-        links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
-    bsdf.inputs["Roughness"].default_value = 0.8
-    rgba = tuple(float(c) for c in base_color[:3]) + (1.0,)
-    mat.diffuse_color = rgba  # the Solid view / Workbench colour
-    bsdf.inputs["Base Color"].default_value = rgba
-    return mat
-
-
 def _texture_assign(obj, mat) -> None:
     obj.data.materials.clear()
     obj.data.materials.append(mat)
@@ -1199,7 +1189,7 @@ def apply_texture(obj, uv, texture_rgb, name: str | None = None) -> "bpy.types.M
     label = name or obj.name
     image = image_from_array(f"{TEXTURE_MATERIAL_PREFIX} {label}", texture)
     mean = texture[..., :3].reshape(-1, 3).mean(axis=0) / (255.0 if texture.dtype == np.uint8 else 1.0)
-    mat = _texture_new_material(f"{TEXTURE_MATERIAL_PREFIX} {label}", mean)
+    mat = principled_material(f"{TEXTURE_MATERIAL_PREFIX} {label}", mean)
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
     tex = nodes.new("ShaderNodeTexImage")
@@ -1244,7 +1234,7 @@ def apply_vertex_colors(obj, colors, name: str | None = None) -> "bpy.types.Mate
     mesh.color_attributes.active_color = attr
     mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
 
-    mat = _texture_new_material(f"{COLORS_MATERIAL_PREFIX} {name or obj.name}", cols[:, :3].mean(axis=0))
+    mat = principled_material(f"{COLORS_MATERIAL_PREFIX} {name or obj.name}", cols[:, :3].mean(axis=0))
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
     node = nodes.new("ShaderNodeVertexColor")  # the "Color Attribute" node

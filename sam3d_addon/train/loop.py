@@ -183,6 +183,7 @@ class Trainer:
         self.latent_mean = self.latent_std = None
         self.pose_stats = None
         self.schedule_changes: list[dict] = []
+        self.vae_heldout_viou = None
         if not (self.data_dir / "train").is_dir():
             raise InputError(f"{self.data_dir} has no train/ split; generate data with `sam3d data --out {self.data_dir} --n N`.")
         meta_path = self.data_dir / "meta.json"  # written when a generation run completes
@@ -193,6 +194,7 @@ class Trainer:
         state = {
             "schedule": asdict(self.schedule), "state": self.state, "modules": {k: m.state_dict() for k, m in self.bundle.modules().items()},
             "latent_mean": self.latent_mean, "latent_std": self.latent_std, "pose_stats": self.pose_stats,
+            "vae_heldout_viou": self.vae_heldout_viou,
             "optimizer": optimizer.state_dict() if optimizer else None, "rng": self.generator.get_state(),
         }
         state.update(extra or {})
@@ -209,6 +211,7 @@ class Trainer:
             m.load_state_dict(saved["modules"][k])
         self.state = saved["state"]
         self.latent_mean, self.latent_std, self.pose_stats = saved["latent_mean"], saved["latent_std"], saved["pose_stats"]
+        self.vae_heldout_viou = saved.get("vae_heldout_viou")
         self.generator.set_state(saved["rng"])
         print(f"train: resuming at stage {self.state['stage']} step {self.state['step']}", file=sys.stderr)
         changed = {k: [saved["schedule"].get(k), v] for k, v in asdict(self.schedule).items()
@@ -308,7 +311,8 @@ class Trainer:
 
         params = list(b.encoder.parameters()) + list(b.decoder.parameters())
         self._loop("vae", s.vae_steps, params, s.vae_lr, step_fn, resume, budget)
-        _log(self.out, {"stage": "vae", "event": "heldout_reconstruction_viou", "viou": round(self.vae_heldout_iou(), 4)})
+        self.vae_heldout_viou = round(self.vae_heldout_iou(), 4)
+        _log(self.out, {"stage": "vae", "event": "heldout_reconstruction_viou", "viou": self.vae_heldout_viou})
 
     @torch.no_grad()
     def vae_heldout_iou(self, limit: int = 64) -> float:
@@ -416,6 +420,7 @@ class Trainer:
             "data": str(self.data_dir), "data_meta": {k: self.data_meta.get(k) for k in ("n_train", "n_test", "seed", "resolution", "fov_deg", "version") if k in self.data_meta},
             "train_samples": len(arrays), "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
             "median_depth": float(np.median(arrays.translation[:, 2])),
+            "vae_heldout_viou": self.vae_heldout_viou,
             "schedule": asdict(s), "schedule_changes": self.schedule_changes, "seed": self.seed, "device": "cpu", "torch": torch.__version__,
         }
         path = save_checkpoint(self.out / "model.pt", self.bundle, latent_mean=self.latent_mean, latent_std=self.latent_std,

@@ -7,7 +7,9 @@ Heavy modules (bpy, torch, onnxruntime) are imported only by the subcommand that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +65,24 @@ def result_summary(result) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool):
+    """Send stdout (file descriptor 1, where Blender's C code prints, and sys.stdout) to stderr."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):  # Blender also reports through sys.stdout
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _check_out_path(path: str | None, suffixes: tuple[str, ...], what: str) -> Path | None:
     if path is None:
         return None
@@ -93,19 +113,21 @@ def cmd_3dfy(args) -> int:
 
     from . import blender_bridge as bridge
 
-    t0 = time.perf_counter()
-    bridge.reset_to_empty_scene()
-    collection = bridge.build_result(result)
-    result.timings["build_scene"] = time.perf_counter() - t0
-    if png:
+    # Blender prints render/export chatter on stdout; with --json, stdout carries only the JSON.
+    with _stdout_to_stderr(args.json):
         t0 = time.perf_counter()
-        bridge.render_png(str(png))
-        result.timings["render"] = time.perf_counter() - t0
-    if glb:
-        bridge.export_glb(str(glb), collection)
-    if usd:
-        bridge.export_usd(str(usd))
-    bridge.save_blend(str(out))
+        bridge.reset_to_empty_scene()
+        collection = bridge.build_result(result)
+        result.timings["build_scene"] = time.perf_counter() - t0
+        if png:
+            t0 = time.perf_counter()
+            bridge.render_png(str(png))
+            result.timings["render"] = time.perf_counter() - t0
+        if glb:
+            bridge.export_glb(str(glb), collection)
+        if usd:
+            bridge.export_usd(str(usd))
+        bridge.save_blend(str(out))
     if args.json:
         print(json.dumps(result_summary(result)))
     else:

@@ -34,36 +34,7 @@ def grid_mesh(faces: int) -> tuple[np.ndarray, np.ndarray]:
     return verts, tris
 
 
-def naive_mesh(name: str, verts: np.ndarray, faces: np.ndarray):
-    """The per-vertex / per-polygon Python way (for comparison only)."""
-    import bpy
-
-    mesh = bpy.data.meshes.new(name)
-    mesh.vertices.add(len(verts))
-    for v, co in zip(mesh.vertices, verts.tolist()):
-        v.co = co
-    k = faces.shape[1]
-    mesh.loops.add(len(faces) * k)
-    mesh.polygons.add(len(faces))
-    for i, p in enumerate(mesh.polygons):
-        p.loop_start = i * k
-    for p, tri in zip(mesh.polygons, faces.tolist()):
-        p.vertices = tri
-    mesh.update(calc_edges=True)
-    return mesh
-
-
-def _signature(mesh) -> tuple:
-    co = np.empty(len(mesh.vertices) * 3, np.float32)
-    mesh.vertices.foreach_get("co", co)
-    loops = np.empty(len(mesh.loops), np.int32)
-    mesh.loops.foreach_get("vertex_index", loops)
-    return len(mesh.vertices), len(mesh.polygons), len(mesh.edges), co.tobytes(), loops.tobytes()
-
-
 def bench_import(faces: int = 500_000) -> dict:
-    import bpy
-
     from . import blender_bridge as bridge
 
     verts, tris = grid_mesh(faces)
@@ -75,11 +46,11 @@ def bench_import(faces: int = 500_000) -> dict:
         meshes.append(fast)
 
         t0 = time.perf_counter()
-        slow = naive_mesh("bench_naive", verts, tris)
+        slow = bridge.mesh_from_python_lists("bench_naive", verts, tris)
         naive = time.perf_counter() - t0
         meshes.append(slow)
 
-        if _signature(fast) != _signature(slow):
+        if bridge.mesh_signature(fast) != bridge.mesh_signature(slow):
             raise RuntimeError("bench_import: the two import paths built different meshes")
         return {
             "faces": int(len(tris)),
@@ -90,4 +61,4 @@ def bench_import(faces: int = 500_000) -> dict:
         }
     finally:
         for mesh in meshes:
-            bpy.data.meshes.remove(mesh)
+            bridge.remove_mesh(mesh)

@@ -92,6 +92,44 @@ def mesh_from_numpy(name: str, vertices, faces, colors=None, smooth: bool = True
     return mesh
 
 
+def mesh_from_python_lists(name: str, vertices, faces) -> "bpy.types.Mesh":
+    """The naive per-vertex / per-polygon Python way to build a mesh.  Never used for results:
+    it exists so `sam3d bench import` can measure what foreach_set saves."""
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(len(vertices))
+    for v, co in zip(mesh.vertices, np.asarray(vertices).tolist()):
+        v.co = co
+    faces = np.asarray(faces)
+    k = faces.shape[1]
+    mesh.loops.add(len(faces) * k)
+    mesh.polygons.add(len(faces))
+    for i, p in enumerate(mesh.polygons):
+        p.loop_start = i * k
+    for p, tri in zip(mesh.polygons, faces.tolist()):
+        p.vertices = tri
+    mesh.update(calc_edges=True)
+    return mesh
+
+
+def mesh_signature(mesh) -> tuple:
+    """Counts and raw coordinates/corners of a mesh, to compare two meshes exactly."""
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    loops = np.empty(len(mesh.loops), np.int32)
+    mesh.loops.foreach_get("vertex_index", loops)
+    return len(mesh.vertices), len(mesh.polygons), len(mesh.edges), co.tobytes(), loops.tobytes()
+
+
+def remove_mesh(mesh) -> None:
+    bpy.data.meshes.remove(mesh)
+
+
+def open_blend(path: str) -> "bpy.types.Scene":
+    """Open a .blend file (replacing the current data) and return its active scene."""
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    return bpy.context.scene
+
+
 def principled_material(name: str, base_color) -> "bpy.types.Material":
     """A new material: Principled BSDF -> Material Output, the given base colour, roughness 0.8."""
     mat = bpy.data.materials.new(name)

@@ -251,14 +251,11 @@ def cmd_refine(args) -> int:
     if args.rounds < 1 or args.candidates < 1:
         raise Sam3DError("--rounds and --candidates must be at least 1.")
 
-    import bpy
-
     from . import blender_bridge as bridge
     from .refine.loop import refine
     from .refine.policy_builtin import BuiltinPolicy
 
-    bpy.ops.wm.open_mainfile(filepath=str(src.resolve()))
-    scene = bpy.context.scene
+    scene = bridge.open_blend(str(src.resolve()))
     res = (scene.render.resolution_x, scene.render.resolution_y)
     base = bridge.refine_read_scene(scene, masks=_object_masks(scene.objects, res))
     if not base.objects:

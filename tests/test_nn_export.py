@@ -46,7 +46,7 @@ def _session(path):
 def exported(tmp_path_factory, one_thread):
     """A random tiny model saved as a training checkpoint, exported; returns (bundle, card, checkpoint)."""
     torch.manual_seed(0)
-    bundle = build_models("tiny").eval()
+    bundle = build_models("tiny").eval_mode()
     root = tmp_path_factory.mktemp("nn_export")
     checkpoint = save_checkpoint(
         root / "tiny.pt", bundle,

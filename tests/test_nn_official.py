@@ -96,7 +96,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(one_thread):
     torch.manual_seed(0)
-    return build_models("tiny").eval()
+    return build_models("tiny").eval_mode()
 
 
 def test_tiny_sizes(tiny):

@@ -63,7 +63,7 @@ def test_training_token_order_matches_exported_decoder(tmp_path):
 
     card = export_random("tiny", tmp_path / "m", seed=3)
     torch.manual_seed(3)
-    bundle = build_models("tiny").eval()  # the same weights export_random built
+    bundle = build_models("tiny").eval_mode()  # the same weights export_random built
     grid = torch.randn(2, 8, 4, 4, 4)
     sess = ort.InferenceSession(str(card.file("structure_decoder")), providers=["CPUExecutionProvider"])
     onnx_logits = sess.run(None, {"shape": grid_to_tokens(grid).numpy()})[0]

@@ -26,7 +26,7 @@ class ModelBundle:
     def modules(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in MODULE_NAMES}
 
-    def eval(self) -> "ModelBundle":
+    def eval_mode(self) -> "ModelBundle":
         for module in self.modules().values():
             module.eval()
         return self

@@ -64,4 +64,4 @@ def load_checkpoint(path: str | Path) -> tuple[ModelBundle, dict[str, Any]]:
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())[:300]  # the full key listing can run to pages
             raise ModelError(f"Checkpoint {path}: {name} does not fit config {checkpoint['config']!r}: {detail}") from None
-    return bundle.eval(), checkpoint
+    return bundle.eval_mode(), checkpoint

@@ -223,7 +223,7 @@ def export_onnx(model_bundle: ModelBundle, out_dir: str | Path, card_fields: dic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = build_card(model_bundle.config, card_fields)
-    model_bundle.eval()
+    model_bundle.eval_mode()
     for stage, graph in stage_graphs(model_bundle).items():
         _export_graph(graph, card["io"][stage], out_dir / FILES[stage], opset)
     card["sha256"] = {stage: _sha256(out_dir / FILES[stage]) for stage in STAGES}

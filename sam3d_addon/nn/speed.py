@@ -74,7 +74,7 @@ def _bench(source: Path, repeats: int, threads: int) -> dict[str, Any]:
             config_name = card.data.get("architecture", {}).get("config")
             if config_name is None:
                 raise ModelError(f"Model '{card.name}' has no architecture.config in its card; re-export it.")
-            bundle = build_models(config_name).eval()
+            bundle = build_models(config_name).eval_mode()
             torch_weights = "fresh (same architecture)"
         graphs = stage_graphs(bundle)
         result: dict[str, Any] = {

@@ -4,6 +4,7 @@
 import bpy
 
 from ..operators import job as job_mod
+from ..sam3d_addon.blender_bridge import REFINE_PREVIEW_IMAGE
 
 
 class SAM3D_UL_masks(bpy.types.UIList):
@@ -54,11 +55,7 @@ def draw_sam3d(layout, context) -> None:
 
     col.separator()
     if state.running:
-        text = state.status or "Working"
-        if hasattr(col, "progress"):  # Blender 4.0+
-            col.progress(factor=state.progress, type="BAR", text=f"{text} ({state.progress:.0%})")
-        else:
-            col.label(text=f"{text} ({state.progress:.0%})")
+        _draw_progress(col, state, "Working")
         col.operator("sam3d.cancel", icon="CANCEL", text="Cancel (Esc)")
     else:
         big = col.row()
@@ -66,19 +63,24 @@ def draw_sam3d(layout, context) -> None:
         big.operator("sam3d.threedfy", icon="MESH_MONKEY")
         refine = getattr(context.window_manager, "sam3d_refine", None)
         if refine is not None and refine.running:
-            text = refine.status or "Refining"
-            if hasattr(col, "progress"):  # Blender 4.0+
-                col.progress(factor=refine.progress, type="BAR", text=f"{text} ({refine.progress:.0%})")
-            else:
-                col.label(text=f"{text} ({refine.progress:.0%})")
+            _draw_progress(col, refine, "Refining")
             col.operator("sam3d.refine_cancel", icon="CANCEL", text="Stop Refining (Esc)")
         else:
             col.operator("sam3d.refine", icon="MOD_PHYSICS")
-        preview = bpy.data.images.get("SAM3D Refine Preview")
+        preview = bpy.data.images.get(REFINE_PREVIEW_IMAGE)
         if preview is not None:  # the last kept refinement round, seen through the photo camera
             col.label(text="Last refined view:")
             col.template_icon(icon_value=preview.preview_ensure().icon_id, scale=8.0)
     col.operator("sam3d.free_memory", icon="TRASH")
+
+
+def _draw_progress(col, job_state, default_text: str) -> None:
+    """A running job's progress bar (a label before Blender 4.0) from its window-manager state."""
+    text = f"{job_state.status or default_text} ({job_state.progress:.0%})"
+    if hasattr(col, "progress"):  # Blender 4.0+
+        col.progress(factor=job_state.progress, type="BAR", text=text)
+    else:
+        col.label(text=text)
 
 
 class SAM3D_PT_image_editor(bpy.types.Panel):

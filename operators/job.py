@@ -187,6 +187,22 @@ def gather_inputs(context) -> dict:
 
 # -- the job ----------------------------------------------------------------------------------
 
+def worker_outcome(fn, what: str) -> tuple:
+    """Run a worker's job and turn how it ended into ("ok", result), ("cancelled", message) or
+    ("error", one line); unexpected failures are logged in full to the console."""
+    try:
+        return ("ok", fn())
+    except Cancelled as exc:
+        return ("cancelled", str(exc))
+    except Sam3DError as exc:
+        return ("error", str(exc))
+    except MemoryError:
+        return ("error", f"Out of memory during {what}; try the CPU device, fewer objects or 'Free Model Memory'.")
+    except Exception as exc:  # noqa: BLE001 - report any failure as one line, log the rest
+        traceback.print_exc()
+        return ("error", f"{what} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+
+
 class ThreeDfyJob:
     """One 3Dfy run.  States: 'READY' -> 'RUNNING' -> 'FINISHED' | 'CANCELLED' | 'ERROR'."""
 
@@ -213,7 +229,7 @@ class ThreeDfyJob:
             self._progress = (float(fraction), str(text))
 
     def _work(self, inputs: dict) -> None:
-        try:
+        def run():
             result = self.pipe.run(
                 inputs["image"], inputs["masks"], names=inputs["names"],
                 steps=self.steps, seed=self.seed, progress=self._on_progress,
@@ -221,17 +237,9 @@ class ThreeDfyJob:
             )
             if self._cancel.is_set():
                 raise Cancelled()
-            outcome = ("ok", result)
-        except Cancelled as exc:
-            outcome = ("cancelled", str(exc))
-        except Sam3DError as exc:
-            outcome = ("error", str(exc))
-        except MemoryError:
-            outcome = ("error", "Out of memory; try the CPU device, fewer masks or 'Free Model Memory'.")
-        except Exception as exc:  # noqa: BLE001 - report any failure as one line, log the rest
-            traceback.print_exc()
-            text = " ".join(str(exc).split())[:300]
-            outcome = ("error", f"3Dfy failed: {type(exc).__name__}: {text}")
+            return result
+
+        outcome = worker_outcome(run, "3Dfy")
         with self._lock:
             self._outcome = outcome
 

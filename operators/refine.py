@@ -17,7 +17,6 @@ discarded, rounds already kept stay (each one undo step).  In background mode, f
 """
 
 import threading
-import traceback
 from collections import deque
 
 import bpy
@@ -162,19 +161,12 @@ class RefineJob:
         from ..sam3d_addon.refine.loop import refine
 
         observe = (lambda st: self._on_main(self._render, st)) if self.render_views else None
-        try:
-            result = refine(self.base, self.policy, rounds=self.rounds, candidates=self.candidates,
-                            prompt=self.prompt, log_dir=self.log_dir, observe=observe,
-                            on_keep=lambda i, st: self._on_main(self._apply, i, st),
-                            cancel=self._cancel.is_set, progress=self._on_progress)
-            outcome = ("ok", result)
-        except Cancelled as exc:
-            outcome = ("cancelled", str(exc))
-        except Sam3DError as exc:
-            outcome = ("error", str(exc))
-        except Exception as exc:  # noqa: BLE001 - one line for the user, the rest in the console
-            traceback.print_exc()
-            outcome = ("error", f"Refine failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        outcome = job_mod.worker_outcome(
+            lambda: refine(self.base, self.policy, rounds=self.rounds, candidates=self.candidates,
+                           prompt=self.prompt, log_dir=self.log_dir, observe=observe,
+                           on_keep=lambda i, st: self._on_main(self._apply, i, st),
+                           cancel=self._cancel.is_set, progress=self._on_progress),
+            "Refine")
         with self._lock:
             self._outcome = outcome
 

@@ -1,11 +1,17 @@
-"""`sam3d train`: the geometry model's training recipe, in three stages.
+"""`sam3d train`: the geometry model's training recipe, in four stages.
 
 1. VAE: occupancy grid -> latent grid -> occupancy logits (BCE + a small KL term).
-2. Flow: the MoT flow transformer over (shape latent, pose) with the paper's per-modality weighted
+2. Encoder: the condition encoder is pre-trained with a small regression probe (learned queries
+   cross-attending to its tokens) that predicts the shape latent and the pose directly.  SAM 3D
+   starts from a pre-trained, frozen DINOv2; our tiny ViT has no such start, and learning the image
+   features through the flow loss alone was the slowest part of training on CPU.  The probe is
+   training-only and is not exported.
+3. Flow: the MoT flow transformer over (shape latent, pose) with the paper's per-modality weighted
    flow-matching loss (shape 1.0, rotation 0.1, translation 1.0, scale 0.1), condition dropout for
    classifier-free guidance (the "uncond" branch is an all-zero condition, as in the official
    model) and point-map dropout so the model works with and without a point map.
-3. Shortcut distillation (paper Algorithm 2): the model learns, for a step size 2d input, the
+   The pre-trained encoder keeps learning here at a reduced rate (`encoder_lr_scale`).
+4. Shortcut distillation (paper Algorithm 2): the model learns, for a step size 2d input, the
    average velocity of two CFG-guided steps of size d taken by a frozen teacher (the stage-2 model
    at d = 0 for the smallest level, the student itself, stop-grad, above), plus the flow-matching
    term at d = 0, so 4 steps replace 25.
@@ -47,6 +53,13 @@ class Schedule:
     vae_batch: int = 16
     vae_lr: float = 2e-3
     kl_weight: float = 1e-4
+    encoder_steps: int = 1500
+    encoder_batch: int = 32
+    encoder_lr: float = 1e-3
+    # Probe loss weights: rotation is weighted up here (the flow loss keeps the paper's 0.1).
+    probe_weights: dict = field(default_factory=lambda: {
+        "shape": 1.0, "rotation6d": 1.0, "translation": 1.0, "scale": 0.5})
+    encoder_lr_scale: float = 0.2
     flow_steps: int = 6000
     flow_batch: int = 32
     flow_lr: float = 5e-4
@@ -167,6 +180,31 @@ def zero_init_modulation(bundle: ModelBundle) -> None:
         torch.nn.init.zeros_(block.adaLN_modulation[1].bias)
 
 
+class ConditionProbe(torch.nn.Module):
+    """Training-only head over the condition tokens: one learned query per shape-latent token and
+    one for the pose cross-attend to the tokens; linear read-outs give the latent and the pose."""
+
+    def __init__(self, cond_channels: int, shape_tokens: int, latent_channels: int, pose_dims: int, heads: int = 4):
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(1, shape_tokens + 1, cond_channels) * 0.02)
+        self.norm = torch.nn.LayerNorm(cond_channels)
+        self.attn = torch.nn.MultiheadAttention(cond_channels, heads, batch_first=True)
+        self.mlp = torch.nn.Sequential(torch.nn.LayerNorm(cond_channels), torch.nn.Linear(cond_channels, 2 * cond_channels),
+                                       torch.nn.GELU(), torch.nn.Linear(2 * cond_channels, cond_channels))
+        self.shape_out = torch.nn.Linear(cond_channels, latent_channels)
+        self.pose_out = torch.nn.Linear(cond_channels, pose_dims)
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.queries.expand(cond.shape[0], -1, -1)
+        kv = self.norm(cond)
+        h = q + self.attn(q, kv, kv, need_weights=False)[0]
+        h = h + self.mlp(h)
+        return self.shape_out(h[:, :-1]), self.pose_out(h[:, -1])
+
+
+PROBE_POSE = ("rotation6d", "translation", "scale")
+
+
 class Trainer:
     def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0,
                  schedule: Schedule | None = None, limit: int | None = None):
@@ -184,6 +222,8 @@ class Trainer:
         self.pose_stats = None
         self.schedule_changes: list[dict] = []
         self.vae_heldout_viou = None
+        self.probe_heldout_viou = None
+        self.probe: ConditionProbe | None = None
         if not (self.data_dir / "train").is_dir():
             raise InputError(f"{self.data_dir} has no train/ split; generate data with `sam3d data --out {self.data_dir} --n N`.")
         meta_path = self.data_dir / "meta.json"  # written when a generation run completes
@@ -195,6 +235,8 @@ class Trainer:
             "schedule": asdict(self.schedule), "state": self.state, "modules": {k: m.state_dict() for k, m in self.bundle.modules().items()},
             "latent_mean": self.latent_mean, "latent_std": self.latent_std, "pose_stats": self.pose_stats,
             "vae_heldout_viou": self.vae_heldout_viou,
+            "probe_heldout_viou": self.probe_heldout_viou,
+            "probe": self.probe.state_dict() if self.probe is not None else None,
             "optimizer": optimizer.state_dict() if optimizer else None, "rng": self.generator.get_state(),
         }
         state.update(extra or {})
@@ -212,6 +254,9 @@ class Trainer:
         self.state = saved["state"]
         self.latent_mean, self.latent_std, self.pose_stats = saved["latent_mean"], saved["latent_std"], saved["pose_stats"]
         self.vae_heldout_viou = saved.get("vae_heldout_viou")
+        self.probe_heldout_viou = saved.get("probe_heldout_viou")
+        if saved.get("probe") is not None:
+            self._build_probe().load_state_dict(saved["probe"])
         self.generator.set_state(saved["rng"])
         print(f"train: resuming at stage {self.state['stage']} step {self.state['step']}", file=sys.stderr)
         changed = {k: [saved["schedule"].get(k), v] for k, v in asdict(self.schedule).items()
@@ -233,25 +278,30 @@ class Trainer:
         self.pose_stats = self.pose_stats or pose_statistics(arrays)
         self.fov_deg = float(load_sample(arrays.paths[0])["fov_deg"])
         minutes = minutes or {}
-        order = ["vae", "flow", "distill", "done"]
+        order = ["vae", "encoder", "flow", "distill", "done"]
         for stage in order[:-1]:
             if order.index(stage) < order.index(self.state["stage"]):
                 continue
             if stage not in stages:
                 continue
-            fn = {"vae": self.train_vae, "flow": self.train_flow, "distill": self.train_distill}[stage]
+            fn = {"vae": self.train_vae, "encoder": self.train_encoder, "flow": self.train_flow,
+                  "distill": self.train_distill}[stage]
             budget = minutes.get(stage)
             fn(arrays, saved if saved and saved["state"]["stage"] == stage else None,
                None if budget is None else budget * 60.0)
             saved = None
-            self.state = {"stage": order[order.index(stage) + 1], "step": 0, "seconds": self.state["seconds"]}
+            self.state = {"stage": order[order.index(stage) + 1], "step": 0, "seconds": self.state["seconds"],
+                          "encoder_pretrained": self.state.get("encoder_pretrained", False)}
             self.save_state()
         return self.write_model(arrays)
 
     def _loop(self, name, total, params, lr, step_fn, resume, budget):
         """Run one stage.  With a time budget (seconds) the step count is fitted to it after the
         first steps, so the cosine schedule still completes; the count used is logged."""
+        if not isinstance(params[0], dict):
+            params = [{"params": params, "lr_scale": 1.0}]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        all_params = [p for g in params for p in g["params"]]
         if resume and resume.get("optimizer"):
             opt.load_state_dict(resume["optimizer"])
         start = self.state["step"] if resume else 0
@@ -263,11 +313,11 @@ class Trainer:
         step = start
         while step < total:
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, lr, min(self.schedule.warmup, total // 10 + 1))
+                g["lr"] = g["lr_scale"] * _lr_at(step, total, lr, min(self.schedule.warmup, total // 10 + 1))
             loss, parts = step_fn(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(all_params, 1.0)
             opt.step()
             step += 1
             loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
@@ -359,6 +409,60 @@ class Trainer:
             cond = cond * keep.view(-1, 1, 1)  # all-zero condition = the unconditional branch
         return cond
 
+    def _build_probe(self) -> ConditionProbe:
+        if self.probe is None:
+            cfg = self.bundle.config
+            torch.manual_seed(self.seed + 7)
+            self.probe = ConditionProbe(cfg.flow.cond_channels, cfg.flow.shape_tokens, cfg.flow.shape_channels,
+                                        sum(POSE_DIMS[m] for m in PROBE_POSE))
+        return self.probe
+
+    def train_encoder(self, arrays, resume, budget):
+        s = self.schedule
+        latents = self.encode_latents(arrays)
+        batches = Batches(arrays, latents, self._pose_targets(arrays), self.seed + 4)
+        probe = self._build_probe()
+        sizes = [POSE_DIMS[m] for m in PROBE_POSE]
+
+        def step_fn(step):
+            idx = batches.indices(s.encoder_batch)
+            x1 = batches.targets(idx)
+            shape, pose = probe(self.bundle.condition_encoder(**batches.condition_inputs(idx, s.p_drop_points)))
+            parts = {"shape": F.mse_loss(shape, x1["shape"])}
+            for m, p in zip(PROBE_POSE, torch.split(pose, sizes, dim=-1)):
+                parts[m] = F.mse_loss(p, x1[m][:, 0])
+            loss = sum(s.probe_weights[m] * parts[m] for m in parts)
+            return loss, {m: p.item() for m, p in parts.items()}
+
+        params = list(self.bundle.condition_encoder.parameters()) + list(probe.parameters())
+        self._loop("encoder", s.encoder_steps, params, s.encoder_lr, step_fn, resume, budget)
+        self.state["encoder_pretrained"] = True
+        self.probe_heldout_viou = round(self.probe_heldout_iou(), 4)
+        _log(self.out, {"stage": "encoder", "event": "probe_heldout_viou", "viou": self.probe_heldout_viou})
+
+    @torch.no_grad()
+    def probe_heldout_iou(self, limit: int = 64) -> float:
+        """Voxel IoU of the probe's direct latent prediction, decoded, on the held-out split (no
+        point map): how much shape the pre-trained image features carry before the flow sees them."""
+        test = load_split(self.data_dir, "test", self.bundle.config.condition.vit.input_size, limit=limit)
+        if len(test) == 0:
+            return float("nan")
+        b = self.bundle
+        b.condition_encoder.eval()
+        inputs = {k: torch.from_numpy(test.images[k].astype(np.float32) / 255.0) for k in IMAGE_KEYS}
+        for k in POINT_KEYS:
+            inputs[k] = torch.full(test.points[k].shape, float("nan"))
+        shape, _ = self.probe(b.condition_encoder(**inputs))
+        b.condition_encoder.train()
+        lat = shape * torch.tensor(self.latent_std) + torch.tensor(self.latent_mean)
+        side = b.config.vae.latent_resolution
+        grid = lat.reshape(len(test), side, side, side, -1).permute(0, 4, 1, 2, 3)
+        pred = (b.decoder(grid)[:, 0] > 0).numpy()
+        occ = test.occupancy
+        inter = (pred & occ).sum(axis=(1, 2, 3))
+        union = (pred | occ).sum(axis=(1, 2, 3))
+        return float(np.mean(inter / np.maximum(union, 1)))
+
     def train_flow(self, arrays, resume, budget):
         s = self.schedule
         latents = self.encode_latents(arrays)
@@ -369,8 +473,10 @@ class Trainer:
             cond = self._cond(batches, idx, drop_cond=True)
             return flow_loss(self.bundle, cond, batches.targets(idx), s.loss_weights, self.generator)
 
-        params = list(self.bundle.condition_encoder.parameters()) + list(self.bundle.generator.parameters())
-        self._loop("flow", s.flow_steps, params, s.flow_lr, step_fn, resume, budget)
+        encoder_scale = s.encoder_lr_scale if self.state.get("encoder_pretrained") else 1.0
+        groups = [{"params": list(self.bundle.generator.parameters()), "lr_scale": 1.0},
+                  {"params": list(self.bundle.condition_encoder.parameters()), "lr_scale": encoder_scale}]
+        self._loop("flow", s.flow_steps, groups, s.flow_lr, step_fn, resume, budget)
 
     def train_distill(self, arrays, resume, budget):
         s = self.schedule
@@ -421,6 +527,7 @@ class Trainer:
             "train_samples": len(arrays), "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
             "median_depth": float(np.median(arrays.translation[:, 2])),
             "vae_heldout_viou": self.vae_heldout_viou,
+            "probe_heldout_viou": self.probe_heldout_viou,
             "schedule": asdict(s), "schedule_changes": self.schedule_changes, "seed": self.seed, "device": "cpu", "torch": torch.__version__,
         }
         path = save_checkpoint(self.out / "model.pt", self.bundle, latent_mean=self.latent_mean, latent_std=self.latent_std,
@@ -437,18 +544,21 @@ def train_main(args) -> int:
     schedule = SCHEDULES[args.config]
     if args.steps:
         try:
-            vae, flow, distill = (int(v) for v in args.steps.split(","))
+            vae, encoder, flow, distill = (int(v) for v in args.steps.split(","))
         except ValueError:
-            raise InputError(f"--steps takes three integers VAE,FLOW,DISTILL, got {args.steps!r}.") from None
-        schedule = replace(schedule, vae_steps=vae, flow_steps=flow, distill_steps=distill,
+            raise InputError(f"--steps takes four integers VAE,ENCODER,FLOW,DISTILL, got {args.steps!r}.") from None
+        schedule = replace(schedule, vae_steps=vae, encoder_steps=encoder, flow_steps=flow, distill_steps=distill,
                            warmup=min(schedule.warmup, max(1, flow // 10)))
     trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     minutes = None
     if args.minutes:
         try:
-            minutes = dict(zip(("vae", "flow", "distill"), (float(v) for v in args.minutes.split(","))))
+            values = [float(v) for v in args.minutes.split(",")]
         except ValueError:
-            raise InputError(f"--minutes takes VAE,FLOW,DISTILL minutes, got {args.minutes!r}.") from None
+            values = []
+        if len(values) != 4:
+            raise InputError(f"--minutes takes four numbers VAE,ENCODER,FLOW,DISTILL, got {args.minutes!r}.")
+        minutes = dict(zip(("vae", "encoder", "flow", "distill"), values))
     trainer.run(stages, minutes=minutes)
     return 0

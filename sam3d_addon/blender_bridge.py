@@ -732,25 +732,34 @@ def _data_mesh(name: str, vertices, faces, smooth_angle_deg: float) -> "bpy.type
     return mesh
 
 
-def _data_material(name: str, spec: dict) -> "bpy.types.Material":
+def _data_material(name: str, spec: dict, aov_name: str | None = None) -> "bpy.types.Material":
     """Principled BSDF; spec: base_color (linear RGB), roughness, metallic, optional
-    pattern = {color (linear RGB), scale, detail} mixed in with a noise texture."""
+    pattern = {color (linear RGB), scale, detail} mixed in with a noise texture.
+    aov_name: also send exactly the Base Color input's colour to a shader AOV of that name."""
     mat = bpy.data.materials.new(name)  # Blender 5: node tree (Principled BSDF) by default
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
-    bsdf.inputs["Base Color"].default_value = (*[float(c) for c in spec["base_color"]], 1.0)
+    base_color = (*[float(c) for c in spec["base_color"]], 1.0)
+    bsdf.inputs["Base Color"].default_value = base_color
     bsdf.inputs["Roughness"].default_value = float(spec["roughness"])
     bsdf.inputs["Metallic"].default_value = float(spec["metallic"])
+    aov = None
+    if aov_name:
+        aov = nodes.new("ShaderNodeOutputAOV")
+        aov.aov_name = aov_name
+        aov.inputs["Color"].default_value = base_color
     pattern = spec.get("pattern")
     if pattern:
         noise = nodes.new("ShaderNodeTexNoise")
         noise.inputs["Scale"].default_value = float(pattern["scale"])
         noise.inputs["Detail"].default_value = float(pattern["detail"])
         ramp = nodes.new("ShaderNodeValToRGB")
-        ramp.color_ramp.elements[0].color = (*[float(c) for c in spec["base_color"]], 1.0)
+        ramp.color_ramp.elements[0].color = base_color
         ramp.color_ramp.elements[1].color = (*[float(c) for c in pattern["color"]], 1.0)
         links.new(noise.outputs["Fac"], ramp.inputs["Fac"])
         links.new(ramp.outputs["Color"], bsdf.inputs["Base Color"])
+        if aov is not None:
+            links.new(ramp.outputs["Color"], aov.inputs["Color"])
     return mat
 
 
@@ -878,6 +887,187 @@ def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, l
     depth = np.where(index > 0, depth, np.inf).astype(np.float32)  # the ground is not a surface
     return {"rgba": passes["rgba"].astype(np.float32), "depth": depth, "index": index,
             "object_matrices": object_matrices, "camera_matrix": camera_matrix}
+
+
+# -- albedo views of the target (texture ground truth, `sam3d data --texture`) -------------------
+# A scene of its own (DATA_TEXTURE_SCENE, datablocks prefixed _DATA_TEX_PREFIX, which the photo
+# scene's clean-up does not match): the target alone, no lights, black world, film transparent,
+# no bounces; the material's Base Color also goes to a shader AOV that the compositor writes
+# out with the alpha and depth passes.
+
+DATA_TEXTURE_SCENE = "sam3d_datatex_scene"
+_DATA_TEX_PREFIX = "sam3d_datatex_"
+_DATA_AOV = "albedo"
+
+
+def _data_tex_name(part: str) -> str:
+    return _DATA_TEX_PREFIX + part
+
+
+def _data_texture_build_scene() -> "bpy.types.Scene":
+    scene = bpy.data.scenes.new(DATA_TEXTURE_SCENE)
+    cam_data = bpy.data.cameras.new(_data_tex_name("camera"))
+    cam_data.sensor_fit = "AUTO"
+    cam_data.clip_start, cam_data.clip_end = 0.01, 1000.0
+    cam = bpy.data.objects.new(_data_tex_name("camera"), cam_data)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    world = bpy.data.worlds.new(_data_tex_name("world"))
+    background = next(n for n in world.node_tree.nodes if n.type == "BACKGROUND")
+    background.inputs["Color"].default_value = (0.0, 0.0, 0.0, 1.0)
+    background.inputs["Strength"].default_value = 0.0
+    scene.world = world
+
+    render = scene.render
+    render.engine = "CYCLES"
+    render.film_transparent = True
+    render.resolution_percentage = 100
+    render.use_compositing = True
+    render.use_sequencer = False
+    render.use_persistent_data = True  # re-renders from other cameras reuse the synced scene
+    scene.view_settings.view_transform = "Standard"
+    cycles = scene.cycles
+    cycles.device = "CPU"
+    cycles.use_denoising = False
+    cycles.use_adaptive_sampling = False
+    cycles.max_bounces = cycles.diffuse_bounces = cycles.glossy_bounces = 0
+    cycles.transmission_bounces = cycles.volume_bounces = cycles.transparent_max_bounces = 0
+    cycles.caustics_reflective = cycles.caustics_refractive = False
+    # box filter one pixel wide: alpha is the covered fraction of the pixel's square, the AOV the
+    # mean colour over it, and the (not anti-aliased) depth pass is that of a point inside it
+    cycles.pixel_filter_type, cycles.filter_width = "BOX", 1.0
+    layer = scene.view_layers[0]
+    layer.use_pass_z = True
+    aov = layer.aovs.add()
+    aov.name, aov.type = _DATA_AOV, "COLOR"
+
+    tree = bpy.data.node_groups.new(_data_tex_name("compositor"), "CompositorNodeTree")
+    layers = tree.nodes.new("CompositorNodeRLayers")  # after the AOV: it has the AOV's socket
+    layers.scene = scene
+    out = tree.nodes.new("CompositorNodeOutputFile")
+    out.name = _data_tex_name("passes")
+    out.format.media_type = "IMAGE"
+    out.format.file_format = "OPEN_EXR"
+    out.format.color_depth = "32"
+    out.format.exr_codec = "NONE"
+    out.file_name = "tex_"
+    for item_name, socket, kind in (("albedo", _DATA_AOV, "RGBA"), ("alpha", "Alpha", "FLOAT"),
+                                    ("depth", "Depth", "FLOAT")):
+        out.file_output_items.new(kind, item_name)
+        tree.links.new(layers.outputs[socket], out.inputs[item_name])
+    scene.compositing_node_group = tree
+    return scene
+
+
+def _data_texture_scene() -> "bpy.types.Scene":
+    """The albedo-view scene, rebuilt if it or one of its parts has been removed."""
+    scene = bpy.data.scenes.get(DATA_TEXTURE_SCENE)
+    ok = (scene is not None and scene.camera is not None
+          and scene.camera.name == _data_tex_name("camera")
+          and scene.world is not None
+          and any(a.name == _DATA_AOV for a in scene.view_layers[0].aovs)
+          and scene.compositing_node_group is not None
+          and scene.compositing_node_group.nodes.get(_data_tex_name("passes")) is not None)
+    if not ok:
+        _data_texture_remove_scene()
+        scene = _data_texture_build_scene()
+    return scene
+
+
+def _data_texture_remove_scene() -> None:
+    ids = [i for coll in (bpy.data.objects, bpy.data.meshes, bpy.data.materials, bpy.data.cameras,
+                          bpy.data.worlds, bpy.data.node_groups)
+           for i in coll if i.name.startswith(_DATA_TEX_PREFIX)]
+    scene = bpy.data.scenes.get(DATA_TEXTURE_SCENE)
+    if scene is not None:
+        ids.append(scene)
+    if ids:
+        bpy.data.batch_remove(ids)
+
+
+def data_render_albedo_views(target: dict, camera_matrices, fov_deg: float, resolution: int = 64,
+                             samples: int = 4, seed: int = 0, threads: int = 0) -> dict:
+    """Render the albedo (Base Color through a shader AOV, no lighting) of one object alone
+    from several cameras with Cycles (CPU).
+
+    target: an object spec as in data_render (pass_index is ignored).
+    camera_matrices: [V,4,4] Blender camera matrices; square images of `resolution`, field of
+      view fov_deg.
+    Returns albedo (float32 [V,H,W,3], linear, straight colour: the AOV divided by the alpha,
+    0 where alpha is 0), alpha (float32 [V,H,W], covered fraction of the pixel 0..1, box
+    filter), depth (float32 [V,H,W], camera-space depth of the pixel centre's ray (Cycles' depth
+    pass is not anti-aliased), inf where it misses), object_matrix (4x4 float64 as Blender
+    evaluated it) and camera_matrices ([V,4,4] float64).
+    """
+    import atexit
+    import glob
+    import os
+    import shutil
+    import tempfile
+
+    from mathutils import Matrix
+
+    global _data_tmp_dir
+    scene = _data_texture_scene()
+    render = scene.render
+    render.resolution_x = render.resolution_y = int(resolution)
+    render.threads_mode = "FIXED" if threads else "AUTO"
+    if threads:
+        render.threads = int(threads)
+    scene.cycles.samples = int(samples)
+    scene.cycles.seed = int(seed) % (2 ** 31)
+    cam = scene.camera
+    cam.data.angle = float(np.radians(fov_deg))
+
+    if _data_tmp_dir is None or not os.path.isdir(_data_tmp_dir):
+        _data_tmp_dir = tempfile.mkdtemp(prefix="sam3d_data_render_")
+        atexit.register(shutil.rmtree, _data_tmp_dir, True)
+    out = scene.compositing_node_group.nodes[_data_tex_name("passes")]
+    out.directory = _data_tmp_dir + os.sep
+
+    created = []
+    albedo, alpha, depth, cameras = [], [], [], []
+    try:
+        mesh = _data_mesh(_data_tex_name("mesh"), target["vertices"], target["faces"],
+                          target.get("smooth_angle_deg", 35.0))
+        created.append(mesh)
+        mat = _data_material(_data_tex_name("material"), target["material"], aov_name=_DATA_AOV)
+        created.append(mat)
+        mesh.materials.append(mat)
+        ob = bpy.data.objects.new(_data_tex_name("object"), mesh)
+        created.append(ob)
+        ob.location = [float(c) for c in target["location"]]
+        ob.rotation_euler = (0.0, 0.0, float(target["yaw"]))
+        ob.scale = (float(target["scale"]),) * 3
+        scene.collection.objects.link(ob)
+        for matrix in np.asarray(camera_matrices, dtype=np.float64):
+            cam.matrix_world = Matrix(matrix.tolist())
+            scene.view_layers[0].update()
+            cameras.append(np.array(cam.matrix_world, dtype=np.float64))
+            for old in glob.glob(os.path.join(_data_tmp_dir, "tex_*")):
+                os.remove(old)
+            _data_quiet_render(scene.name)
+            passes = {}
+            for name in ("albedo", "alpha", "depth"):
+                found = sorted(glob.glob(os.path.join(_data_tmp_dir, f"tex_{name}*.exr")))
+                if not found:
+                    raise RuntimeError(f"Cycles wrote no {name} pass to {_data_tmp_dir}")
+                passes[name] = _data_read_exr(found[0])
+                os.remove(found[0])
+            a = np.clip(passes["alpha"][..., 0], 0.0, 1.0)
+            covered = a > 0
+            straight = np.where(covered[..., None], passes["albedo"][..., :3] / np.maximum(a, 1e-6)[..., None], 0.0)
+            z = passes["depth"][..., 0]
+            albedo.append(np.clip(straight, 0.0, None))
+            alpha.append(a)
+            depth.append(np.where(covered & (z < 1e9), z, np.inf))
+        object_matrix = np.array(ob.matrix_world, dtype=np.float64)
+    finally:
+        if created:
+            bpy.data.batch_remove(created)
+    return {"albedo": np.asarray(albedo, np.float32), "alpha": np.asarray(alpha, np.float32),
+            "depth": np.asarray(depth, np.float32), "object_matrix": object_matrix,
+            "camera_matrices": np.asarray(cameras, np.float64)}
 
 # (end of section B)
 

@@ -22,6 +22,21 @@ Layout: DIR/meta.json and DIR/{train,test}/NNNNNN.npz.  Keys of one sample (H = 
   fov_deg        float            field of view across the image
 Extras: visible_fraction, occluder_category, split, index, attempt (re-rolls), base_seed,
 size_m, camera_matrix_world / object_matrix_world (Blender 4x4), focal_px.
+
+Texture ground truth (`sam3d data --texture`; meta.json "texture": true and "texture_views";
+views and conventions in texture_views.py), V = 8 views of the target alone, unlit:
+
+  tex_views_albedo    uint8 [V,64,64,3]  sRGB base colour, straight alpha, 0 where alpha is 0
+  tex_views_alpha     uint8 [V,64,64]    covered fraction of each pixel, 0..255
+  tex_views_camera    float64 [V,4,4]    Blender camera matrix_world (field of view fov_deg);
+                                         views 0-3 are the novel views (azimuth 45/135/225/315
+                                         from the photo camera's, elevation 25)
+  tex_views_depth     float32 [V,64,64]  camera-space depth of the pixel centre, inf = none
+  tex_voxel_coords    int16 [S,3]        surface voxels of the occupancy grid (occupied, with
+                                         an empty 6-neighbour), C order
+  tex_voxel_albedo    uint8 [S,3]        their sRGB albedo (mean of back-projected linear
+                                         colours; unobserved: the nearest observed voxel's)
+  tex_voxel_observed  bool [S]           a back-projected pixel reached the voxel
 """
 
 from __future__ import annotations

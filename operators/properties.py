@@ -25,7 +25,7 @@ _model_item_cache: dict[str, list] = {}
 
 
 def _model_names() -> list[str]:
-    names = contract.available_models()
+    names = contract.available_geometry_models()
     if contract.DEFAULT_MODEL in names:
         names.remove(contract.DEFAULT_MODEL)
         names.insert(0, contract.DEFAULT_MODEL)

@@ -25,6 +25,11 @@ def _add_3dfy(sub):
     p.add_argument("--usd", help="also export USD (.usd/.usdc/.usda, Blender's USD exporter)")
     p.add_argument("--render", help="also render a PNG through the matched camera, photo behind")
     p.add_argument("--model", default="tiny")
+    p.add_argument("--texture-model", default="auto",
+                   help="texture model name or path; 'auto' (default) uses the shipped one when installed, 'none' turns texturing off")
+    p.add_argument("--output", default="mesh", choices=["mesh", "gaussians", "both"],
+                   help="what to build: the (textured) mesh, 3D Gaussians (written as a .ply next to --out and "
+                        "imported as a point cloud), or both")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model card's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance strength (non-shortcut mode)")
     p.add_argument("--no-shortcut", action="store_true", help="plain flow sampling instead of the distilled few-step mode")
@@ -94,6 +99,22 @@ def _check_out_path(path: str | None, suffixes: tuple[str, ...], what: str) -> P
     return p
 
 
+def write_gaussian_plys(result, out: Path) -> list[Path]:
+    """One 3DGS PLY per object next to the .blend (OUT.<object>.ply), in the object's canonical
+    frame (the object's pose in the .blend places it)."""
+    from .texture.gaussians import write_ply
+
+    paths = []
+    for o in result.objects:
+        if o.gaussians is None:
+            continue
+        g = o.gaussians
+        path = out.with_name(f"{out.stem}.{o.name}.ply")
+        write_ply(path, g["xyz"], g["scales"], g["rotations"], g["opacities"], g["colors"])
+        paths.append(path)
+    return paths
+
+
 def cmd_3dfy(args) -> int:
     import time
 
@@ -107,9 +128,11 @@ def cmd_3dfy(args) -> int:
     def notice(msg):
         print(f"sam3d: {msg}", file=sys.stderr)
 
-    pipe = Sam3DPipeline(model=args.model, device=args.device, notice=notice)
+    texture_model = None if str(args.texture_model).lower() == "none" else args.texture_model
+    pipe = Sam3DPipeline(model=args.model, device=args.device, notice=notice, texture_model=texture_model)
     result = pipe.run(args.image, args.mask, steps=args.steps, seed=args.seed, cfg_strength=args.cfg,
-                      shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout)
+                      shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout, output=args.output)
+    plys = write_gaussian_plys(result, out) if args.output != "mesh" else []
 
     from . import blender_bridge as bridge
 
@@ -129,7 +152,10 @@ def cmd_3dfy(args) -> int:
             bridge.export_usd(str(usd))
         bridge.save_blend(str(out))
     if args.json:
-        print(json.dumps(result_summary(result)))
+        summary = result_summary(result)
+        if args.output != "mesh":  # the issue's four keys stay exactly those for plain meshes
+            summary["gaussians"] = [str(p) for p in plys]
+        print(json.dumps(summary))
     else:
         names = ", ".join(o.name for o in result.objects)
         print(f"sam3d: 3Dfied {len(result.objects)} object(s) ({names}) on {result.device} -> {out}")
@@ -137,13 +163,10 @@ def cmd_3dfy(args) -> int:
 
 
 def _add_data(sub):
+    from .data.engine import add_data_arguments
+
     p = sub.add_parser("data", help="generate synthetic training data with Blender")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, required=True, help="training samples")
-    p.add_argument("--n-test", type=int, default=64, help="held-out samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=128)
-    p.add_argument("--workers", type=int, default=1)
+    add_data_arguments(p)  # one definition of the options, shared with the engine's own entry point
     p.set_defaults(func=cmd_data)
 
 
@@ -151,22 +174,22 @@ def cmd_data(args) -> int:
     from .data.engine import generate
 
     generate(args.out, n_train=args.n, n_test=args.n_test, seed=args.seed, resolution=args.resolution,
-             workers=args.workers, progress=_bar("data"))
+             workers=args.workers, render_samples=args.samples, progress=_bar("data"), texture=args.texture)
     return 0
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train the geometry model (VAE, flow, shortcut distillation)")
+    p = sub.add_parser("train", help="train the geometry model (VAE, encoder pre-training, flow, shortcut distillation)")
     p.add_argument("--config", default="tiny")
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="runs/tiny")
-    p.add_argument("--minutes", default=None, metavar="VAE,FLOW,DISTILL",
+    p.add_argument("--minutes", default=None, metavar="VAE,ENCODER,FLOW,DISTILL",
                    help="time budget per stage in minutes; step counts are fitted to it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--stages", default="vae,flow,distill")
-    p.add_argument("--steps", default=None, metavar="VAE,FLOW,DISTILL",
-                   help="override the schedule's step counts, e.g. 20,20,10 for a smoke run")
+    p.add_argument("--stages", default="vae,encoder,flow,distill")
+    p.add_argument("--steps", default=None, metavar="VAE,ENCODER,FLOW,DISTILL",
+                   help="override the schedule's step counts, e.g. 20,20,20,10 for a smoke run")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.set_defaults(func=cmd_train)
 
@@ -175,6 +198,47 @@ def cmd_train(args) -> int:
     from .train.loop import train_main
 
     return train_main(args)
+
+
+def _add_train_texture(sub):
+    p = sub.add_parser("train-texture", help="train the texture & refinement model (structured-latent VAE, then flow)")
+    p.add_argument("--data", required=True, help="a `sam3d data --texture` directory")
+    p.add_argument("--out", default="runs/tiny-texture")
+    p.add_argument("--minutes", default=None, metavar="VAE,FLOW", help="time budget per stage in minutes")
+    p.add_argument("--steps", default=None, metavar="VAE,FLOW", help="override the step counts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
+    p.set_defaults(func=cmd_train_texture)
+
+
+def cmd_train_texture(args) -> int:
+    from .train.texture import train_texture_main
+
+    return train_texture_main(args)
+
+
+def _add_export_texture(sub):
+    p = sub.add_parser("export-texture", help="export a texture checkpoint to ONNX + model.json")
+    p.add_argument("--checkpoint", help="texture_model.pt from `sam3d train-texture`; omit with --random")
+    p.add_argument("--random", action="store_true", help="export a freshly initialised model (development)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", default=None)
+    p.set_defaults(func=cmd_export_texture)
+
+
+def cmd_export_texture(args) -> int:
+    from .nn.texture_export import export_texture_checkpoint, export_texture_random
+
+    fields = {"version": args.version} if args.version else {}
+    if args.random:
+        export_texture_random(args.out, seed=args.seed, **fields)
+    elif args.checkpoint:
+        export_texture_checkpoint(args.checkpoint, args.out, **fields)
+    else:
+        raise Sam3DError("export-texture needs --checkpoint PATH or --random.")
+    print(f"sam3d: exported to {args.out}")
+    return 0
 
 
 def _add_export(sub):
@@ -347,7 +411,7 @@ def _bar(label: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d", description="SAM 3D for Blender")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_3dfy, _add_data, _add_train, _add_export, _add_bench, _add_refine):
+    for add in (_add_3dfy, _add_data, _add_train, _add_export, _add_train_texture, _add_export_texture, _add_bench, _add_refine):
         add(sub)
     return parser
 

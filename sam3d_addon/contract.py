@@ -38,6 +38,19 @@ CONTRACT_VERSION = 1
 
 STAGES = ("condition_encoder", "velocity", "structure_decoder")
 
+# The texture & refinement stage is a model of its own (a `kind: texture` card), so a geometry
+# model can be re-trained without touching it.  Its graphs:
+# * `texture_condition_encoder` -- the geometry encoder's inputs (same names), output `cond`.
+# * `slat_flow` -- `feats` [1,N,C] latent on the N active voxels, `t` [1], `cond` [1,T,Cc] and
+#   the sparse index maps (`nn.slat.level_names`); output `velocity` [1,N,C].
+# * `slat_mesh_decoder` -- `feats` [N,C], `coords` [N,3] and the subdivision maps; outputs `sdf`
+#   [8N] (fine-voxel units, negative inside) and `rgb` [8N,3] (sRGB in [0,1]) on the 2x grid.
+# * `slat_gaussian_decoder` -- `feats`, `coords`; outputs xyz, scales, rotations, opacities,
+#   colors [N,G,*] in the canonical frame.
+TEXTURE_CONTRACT_NAME = "sam3d-blender/texture"
+TEXTURE_STAGES = ("texture_condition_encoder", "slat_flow", "slat_mesh_decoder", "slat_gaussian_decoder")
+DEFAULT_TEXTURE_MODEL = "tiny-texture"
+
 # Order matters: it is the order of the pose tokens in the flow network (official order).
 POSE_MODALITIES = ("rotation6d", "translation", "scale", "translation_scale")
 POSE_DIMS = {"rotation6d": 6, "translation": 3, "scale": 3, "translation_scale": 1}
@@ -121,6 +134,14 @@ class ModelCard:
     def io(self, stage: str) -> dict[str, Any]:
         return self.data["io"][stage]
 
+    @property
+    def kind(self) -> str:
+        return "texture" if self.data.get("contract") == TEXTURE_CONTRACT_NAME else "geometry"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return TEXTURE_STAGES if self.kind == "texture" else STAGES
+
 
 def _require(data: dict, key: str, where: str):
     if key not in data:
@@ -131,6 +152,8 @@ def _require(data: dict, key: str, where: str):
 def parse_card(path: Path, data: dict[str, Any]) -> ModelCard:
     """Validate a card's structure and return it; raises ModelError with one line."""
     where = str(path / "model.json")
+    if data.get("contract") == TEXTURE_CONTRACT_NAME:
+        return _parse_texture_card(path, data, where)
     if data.get("contract") != CONTRACT_NAME:
         raise ModelError(f"{where} is not a SAM 3D geometry model card (contract={data.get('contract')!r}).")
     version = data.get("contract_version")
@@ -145,6 +168,26 @@ def parse_card(path: Path, data: dict[str, Any]) -> ModelCard:
         _require(data["files"], stage, where)
         _require(data["io"], stage, where)
     return ModelCard(path=Path(path), data=data)
+
+
+def _parse_texture_card(path: Path, data: dict[str, Any], where: str) -> ModelCard:
+    if data.get("contract_version") != CONTRACT_VERSION:
+        raise ModelError(f"{where} has contract version {data.get('contract_version')}, this add-on reads "
+                         f"version {CONTRACT_VERSION}; update the add-on or re-export the model.")
+    for key in ("name", "version", "files", "io", "preprocess", "latent", "grid", "sampler", "decoders"):
+        _require(data, key, where)
+    for stage in TEXTURE_STAGES:
+        _require(data["files"], stage, where)
+        _require(data["io"], stage, where)
+    return ModelCard(path=Path(path), data=data)
+
+
+def load_texture_card(model: str | Path) -> ModelCard:
+    """A texture model by name or path; raises ModelError if it is not one."""
+    card = load_card(model)
+    if card.kind != "texture":
+        raise ModelError(f"Model '{card.name}' is a geometry model, not a texture model.")
+    return card
 
 
 def load_card(model: str | Path) -> ModelCard:
@@ -163,7 +206,7 @@ def load_card(model: str | Path) -> ModelCard:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"Cannot read {card_path}: {exc}.") from None
     card = parse_card(path, data)
-    for stage in STAGES:
+    for stage in card.stages:
         if not card.file(stage).is_file():
             raise ModelError(f"Model '{card.name}' is missing {card.file(stage).name}; reinstall or re-export it.")
     return card
@@ -173,3 +216,15 @@ def available_models() -> list[str]:
     if not MODELS_DIR.is_dir():
         return []
     return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "model.json").is_file())
+
+
+def available_geometry_models() -> list[str]:
+    """Models the 3Dfy model menu offers (texture models are picked separately)."""
+    out = []
+    for name in available_models():
+        try:
+            if json.loads((MODELS_DIR / name / "model.json").read_text()).get("contract") == CONTRACT_NAME:
+                out.append(name)
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out

@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 
 from . import pose as pose_mod
-from .contract import POSE_DIMS, ModelCard, load_card
-from .errors import Cancelled, InputError
+from .contract import DEFAULT_TEXTURE_MODEL, POSE_DIMS, ModelCard, available_models, load_card
+from .errors import Cancelled, InputError, ModelError
 from .meshing import occupancy_to_mesh
 from .preprocess import Photo, prepare_inputs, read_mask, read_photo
 from .runtime import SessionCache
@@ -41,6 +41,7 @@ class ObjectResult:
     scale: np.ndarray  # [3]
     occupancy: np.ndarray  # [R,R,R] bool
     colors: np.ndarray | None = None  # [V,3|4] float32 in [0,1], when a texture stage ran
+    gaussians: dict | None = None  # texture.stage.GAUSSIAN_KEYS -> arrays (canonical frame)
 
 
 @dataclass
@@ -81,9 +82,27 @@ class Sam3DPipeline:
     """3Dfy objects in a photo with one model on one device."""
 
     def __init__(self, model: str | Path = "tiny", device: str = "auto",
-                 notice: Callable[[str], None] | None = None):
+                 notice: Callable[[str], None] | None = None, texture_model: str | Path | None = "auto"):
+        """`texture_model`: a texture model name or path; "auto" uses the shipped default when it is
+        installed (untextured grey meshes otherwise); None turns the texture stage off."""
         self.card = load_card(model)
+        if self.card.kind != "geometry":
+            raise ModelError(f"Model '{self.card.name}' is a texture model; pick a geometry model for 3Dfy.")
         self.sessions = SessionCache(self.card, device, notice=notice)
+        self.device_request, self.notice = device, notice
+        if texture_model == "auto":
+            texture_model = DEFAULT_TEXTURE_MODEL if DEFAULT_TEXTURE_MODEL in available_models() else None
+        self.texture_model = texture_model
+        self._texture = None
+
+    @property
+    def texture(self):
+        """The texture stage (created on first use), or None when off."""
+        if self._texture is None and self.texture_model is not None:
+            from .texture.stage import TextureStage
+
+            self._texture = TextureStage(self.texture_model, self.device_request, notice=self.notice)
+        return self._texture
 
     @property
     def device(self) -> str:
@@ -91,6 +110,8 @@ class Sam3DPipeline:
 
     def release(self) -> None:
         self.sessions.release()
+        if self._texture is not None:
+            self._texture.release()
 
     # -- stages ---------------------------------------------------------------------------------
     def encode(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -132,7 +153,7 @@ class Sam3DPipeline:
     def run(self, image, masks, names: list[str] | None = None, steps: int | None = None,
             seed: int | None = 0, cfg_strength: float | None = None,
             progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
-            shortcut: bool | None = None, fit_layout: bool = False) -> Result:
+            shortcut: bool | None = None, fit_layout: bool = False, output: str = "mesh") -> Result:
         """3Dfy every mask of a photo.  Validates all inputs before any model work.
 
         `fit_layout` runs the layout post-optimisation (`refine.layout`, off by default as in the
@@ -140,7 +161,15 @@ class Sam3DPipeline:
         silhouette through the matched camera fits its mask.  Without a point map the model's
         depth and size are ambiguous; this pins them to what the photo shows.  It costs seconds
         to a minute per object on a CPU.
+
+        `output`: "mesh", "gaussians" or "both".  With a texture stage the mesh is its refined,
+        coloured mesh (2x the occupancy resolution) and the Gaussians come from it too; without one
+        the mesh is the grey occupancy surface and Gaussians cannot be made.
         """
+        if output not in ("mesh", "gaussians", "both"):
+            raise InputError(f"output must be mesh, gaussians or both, not {output!r}.")
+        if output != "mesh" and self.texture_model is None:
+            raise InputError("Gaussians need a texture model; none is installed (use output 'mesh').")
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         photo = read_photo(image)
@@ -169,15 +198,28 @@ class Sam3DPipeline:
                                 cfg_strength=cfg_strength, shortcut=shortcut,
                                 progress=step_progress, cancel=cancel, timings=timings)
             t_mesh = time.perf_counter()
+            occupancy = out["logits"] > self.card.occupancy_threshold
             verts, faces = occupancy_to_mesh(out["logits"], level=self.card.occupancy_threshold)
             timings["mesh"] = timings.get("mesh", 0.0) + time.perf_counter() - t_mesh
+            colors = gaussians = None
+            if self.texture is not None and occupancy.any():
+                if progress:
+                    progress(span * (i + 0.9) / n, f"{name}: texture")
+                tex_inputs = prepare_inputs(photo.rgb, mask, self.texture.card.input_size, self.texture.card.crop_box_factor)
+                tex = self.texture.run(occupancy, tex_inputs, output=output, seed=None if seed is None else seed + i,
+                                       cancel=cancel)
+                for key, dt in tex.timings.items():
+                    timings[key] = timings.get(key, 0.0) + dt
+                if tex.vertices is not None and len(tex.vertices):
+                    verts, faces, colors = tex.vertices, tex.faces, tex.colors
+                gaussians = tex.gaussians
             t, s = out["t"] * scene_scale, out["s"] * scene_scale
             objects.append(ObjectResult(
                 name=name, mask=None if isinstance(src, np.ndarray) else str(src),
                 vertices=verts, faces=faces,
                 matrix_world=pose_mod.camera_pose_to_object_matrix(out["R"], t, s, camera.matrix_world),
                 rotation=out["R"], translation=t, scale=s,
-                occupancy=out["logits"] > self.card.occupancy_threshold,
+                occupancy=occupancy, colors=colors, gaussians=gaussians,
             ))
         if fit_layout and objects:
             if progress:

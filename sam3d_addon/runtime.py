@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .contract import STAGES, ModelCard
+from .contract import ModelCard
 from .errors import DeviceError, ModelError
 
 log = logging.getLogger("sam3d")
@@ -59,8 +59,10 @@ class Stage:
         self.io_binding = io_binding
         self._device_inputs: dict[str, object] = {}
 
+    _DTYPES = {"tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
     def _cast(self, name: str, value: np.ndarray) -> np.ndarray:
-        want = np.float16 if self.input_types.get(name) == "tensor(float16)" else np.float32
+        want = self._DTYPES.get(self.input_types.get(name), np.float32)
         return np.ascontiguousarray(value, dtype=want)
 
     def pin(self, name: str, value: np.ndarray) -> None:
@@ -86,7 +88,8 @@ class Stage:
                 binding.bind_output(o, "cpu")
             self.session.run_with_iobinding(binding)
             outs = binding.copy_outputs_to_cpu()
-        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs)}
+        return {n: np.asarray(o, dtype=np.int64 if np.issubdtype(np.asarray(o).dtype, np.integer) else np.float32)
+                for n, o in zip(self.output_names, outs)}
 
 
 class SessionCache:
@@ -102,7 +105,7 @@ class SessionCache:
         self.active_device = "cuda" if self.providers[0] == CUDA else "cpu"
 
     def stage(self, name: str) -> Stage:
-        if name not in STAGES:
+        if name not in self.card.stages:
             raise KeyError(name)
         with self._lock:
             if name not in self._stages:

@@ -198,7 +198,7 @@ def dummy_model(root: Path) -> Path:
     """A model directory with a valid card and corrupt ONNX files (fails at session creation)."""
     out = root / "dummy_model"
     out.mkdir()
-    shipped = [contract.MODELS_DIR / n / "model.json" for n in contract.available_models()]
+    shipped = [contract.MODELS_DIR / n / "model.json" for n in contract.available_geometry_models()]
     if shipped:
         card = json.loads(shipped[0].read_text())
     else:
@@ -594,7 +594,7 @@ def test_bad_inputs_report_one_line_and_leave_scene_unchanged(addon, scene, tmp_
 # -- the real model (models/) through the installed extension -----------------------------
 
 def _need_model() -> str:
-    models = contract.available_models()
+    models = contract.available_geometry_models()
     if not models:
         pytest.skip("no shipped model in models/ yet")
     return models[0]

@@ -6,7 +6,7 @@ conditioning) take the voxels down `len(io_block_channels)` times; full self-att
 coarse tokens (QK RMS norm), cross-attention to the condition tokens and adaLN-modulated MLPs
 run there; the out blocks come back up with skip concatenation.  The sparse parts use the
 gather formulation of `sparse.py`: one object per call (batch 1), the voxel count N dynamic, and
-the index maps given as inputs (`SparseLevels.tensors()`), so the graph exports to ONNX.
+the index maps given as inputs (`sparse_index.level_index_maps`), so the graph exports to ONNX.
 
 Parameter names and shapes equal the official checkpoint's for the `official` preset (test:
 tests/test_texture_sparse.py).  Everything here is fp32; the official blocks are fp16 and
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .flow import CrossAttention, FeedForwardNet, MultiHeadRMSNorm, TimestepEmbedder
-from .sparse import SparseConv3d, SparseLevels, sparse_downsample, sparse_upsample
+from ..sparse_index import level_index_maps, level_names  # noqa: F401  (level_names re-exported)
+from .sparse import SparseConv3d, sparse_downsample, sparse_upsample
 
 BLOCK_LN_EPS = 1e-6
 OUTPUT_LN_EPS = 1e-5
@@ -186,7 +187,7 @@ class SLatFlowModel(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, levels: dict[str, torch.Tensor],
                 unconditional: bool = False) -> torch.Tensor:
         """x [1, N, in] voxel features; t [1] scaled time (1000 t); cond [1, T, C_cond];
-        levels: `SparseLevels.tensors()` of the voxels.  Returns the velocity [1, N, out]."""
+        levels: `sparse_index.level_index_maps` of the voxels.  Returns the velocity [1, N, out]."""
         if unconditional:
             cond = cond * 0  # the official CFG branch
         c = self.t_embedder(t)
@@ -215,19 +216,8 @@ def build_slat_flow(name: str, device: str | torch.device | None = None) -> SLat
         return SLatFlowModel(get_slat_flow_config(name))
 
 
-def level_names(num_downsamples: int) -> list[str]:
-    """Names of the index inputs, in graph order."""
-    names = []
-    for level in range(num_downsamples + 1):
-        names.append(f"neighbours_{level}")
-        if level:
-            names += [f"children_{level}", f"parent_{level}"]
-    names.append(f"coords_{num_downsamples}")
-    return names
-
-
 def levels_for(coords, config: SLatFlowConfig, device=None) -> dict[str, torch.Tensor]:
     """The index tensors the flow network needs for voxels `coords` [N, 3]."""
-    tensors = SparseLevels.build(coords, config.num_downsamples).tensors(device)
-    return {name: tensors[name] for name in level_names(config.num_downsamples)}
+    maps = level_index_maps(coords, config.num_downsamples)
+    return {name: torch.as_tensor(value, device=device) for name, value in maps.items()}
 

@@ -29,7 +29,8 @@ from torch import nn
 
 from .flow import FeedForwardNet
 from .slat import BLOCK_LN_EPS, OUTPUT_LN_EPS, SparseSelfAttention, coords_position_embedding
-from .sparse import SparseConv3d, SparseGroupNorm, neighbour_index, sparse_upsample, subdivide_coords
+from ..sparse_index import subdivision_maps
+from .sparse import SparseConv3d, SparseGroupNorm, sparse_upsample
 
 SH_C0 = 0.28209479177387814  # degree-0 spherical harmonic: rgb = 0.5 + SH_C0 * dc
 
@@ -200,11 +201,7 @@ class SLatMeshDecoder(SLatTrunk):
 
 def mesh_subdivisions(coords, levels: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Fine coords after `levels` subdivisions and the index maps [parent_1, neighbours_1, ...]."""
-    maps = []
-    for _ in range(levels):
-        coords, parent = subdivide_coords(coords)
-        maps += [parent, neighbour_index(coords)]
-    return np.asarray(coords), maps
+    return subdivision_maps(coords, levels)
 
 
 def build_slat_decoders(name: str, device: str | torch.device | None = None):

@@ -19,114 +19,14 @@ zero-initialised tensor counts the zero, fact sheet section 4.3); upsample = gat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The 27 kernel offsets in KRSC order: index = (ox+1)*9 + (oy+1)*3 + (oz+1).
-KERNEL_OFFSETS = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij"), -1).reshape(-1, 3)
-# Child order of a voxel (official subdivide order): (0,0,0),(0,0,1),(0,1,0),...,(1,1,1).
-CHILD_OFFSETS = np.stack(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij"), -1).reshape(-1, 3)
-
-
-def _as_coords(coords) -> np.ndarray:
-    coords = np.asarray(coords)
-    if coords.ndim != 2 or coords.shape[1] != 3:
-        raise ValueError(f"coords must be [N, 3] integers, got shape {coords.shape}")
-    return coords.astype(np.int64, copy=False)
-
-
-def _linear_keys(coords: np.ndarray, span: int) -> np.ndarray:
-    return (coords[..., 0] * span + coords[..., 1]) * span + coords[..., 2]
-
-
-def neighbour_index(coords, offsets: np.ndarray = KERNEL_OFFSETS) -> np.ndarray:
-    """Row index of every neighbour coords[i] + offsets[k] among coords, -1 where inactive.
-
-    coords: [N, 3] distinct integer voxel coordinates (any order, negative allowed).
-    Returns int64 [N, len(offsets)].  Sorted linear keys + searchsorted: O(N log N), no Python loop.
-    """
-    coords = _as_coords(coords)
-    offsets = np.asarray(offsets, np.int64)
-    n = len(coords)
-    if n == 0:
-        return np.zeros((0, len(offsets)), np.int64)
-    reach = int(np.abs(offsets).max()) if offsets.size else 0
-    # Shift so every queried neighbour has non-negative coordinates below `span` on each axis.
-    shifted = coords - coords.min(axis=0) + reach
-    span = int(shifted.max()) + reach + 1
-    keys = _linear_keys(shifted, span)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    if n > 1 and (np.diff(sorted_keys) == 0).any():
-        raise ValueError("coords contain duplicate voxels")
-    queries = _linear_keys(shifted[:, None, :] + offsets[None], span)
-    pos = np.minimum(np.searchsorted(sorted_keys, queries), n - 1)
-    return np.where(sorted_keys[pos] == queries, order[pos], -1).astype(np.int64)
-
-
-def downsample_index(coords) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coarse grid of a sparse tensor, as the official `SparseDownsample(2)` builds it.
-
-    Returns (coarse [M, 3] = unique(floor(coords / 2)) in lexicographic (x, y, z) order,
-    parent [N] = row of each fine voxel's coarse voxel, children [M, 8] = row of each child in
-    CHILD_OFFSETS order, -1 where that child is inactive).
-    """
-    coords = _as_coords(coords)
-    halved = np.floor_divide(coords, 2)
-    coarse, parent = np.unique(halved, axis=0, return_inverse=True)
-    parent = parent.reshape(-1).astype(np.int64)
-    slot = ((coords - 2 * halved) * np.array([4, 2, 1])).sum(axis=1)
-    children = np.full((len(coarse), 8), -1, np.int64)
-    children[parent, slot] = np.arange(len(coords))
-    return coarse.astype(np.int64), parent, children
-
-
-def subdivide_coords(coords) -> tuple[np.ndarray, np.ndarray]:
-    """The 8 children 2c + CHILD_OFFSETS of every voxel, consecutive per parent; and their parents."""
-    coords = _as_coords(coords)
-    fine = (2 * coords[:, None, :] + CHILD_OFFSETS[None]).reshape(-1, 3)
-    return fine, np.repeat(np.arange(len(coords), dtype=np.int64), 8)
-
-
-@dataclass
-class SparseLevels:
-    """Index maps of one object's voxels over `len(coords)` grids, finest first.
-
-    coords[l] [N_l, 3]; neighbours[l] [N_l, 27]; for l >= 1 parent[l] [N_{l-1}] (fine -> coarse row)
-    and children[l] [N_l, 8] (coarse -> fine rows).  parent[0] / children[0] are None.
-    """
-
-    coords: list[np.ndarray]
-    neighbours: list[np.ndarray]
-    parent: list[np.ndarray | None]
-    children: list[np.ndarray | None]
-
-    @classmethod
-    def build(cls, coords, num_downsamples: int) -> "SparseLevels":
-        coords = _as_coords(coords)
-        levels = cls([coords], [neighbour_index(coords)], [None], [None])
-        for _ in range(num_downsamples):
-            coarse, parent, children = downsample_index(levels.coords[-1])
-            levels.coords.append(coarse)
-            levels.neighbours.append(neighbour_index(coarse))
-            levels.parent.append(parent)
-            levels.children.append(children)
-        return levels
-
-    def tensors(self, device=None) -> dict[str, torch.Tensor]:
-        """Flat, named int64 tensors (the ONNX inputs): neighbours_l, coords_l, parent_l, children_l."""
-        out = {}
-        for level, coords in enumerate(self.coords):
-            out[f"coords_{level}"] = torch.as_tensor(coords, dtype=torch.int64, device=device)
-            out[f"neighbours_{level}"] = torch.as_tensor(self.neighbours[level], dtype=torch.int64, device=device)
-            if level:
-                out[f"parent_{level}"] = torch.as_tensor(self.parent[level], dtype=torch.int64, device=device)
-                out[f"children_{level}"] = torch.as_tensor(self.children[level], dtype=torch.int64, device=device)
-        return out
+from ..sparse_index import (  # noqa: F401  (re-exported: the graph side's users import them here)
+    CHILD_OFFSETS, KERNEL_OFFSETS, SparseLevels, _as_coords, _linear_keys, downsample_index, neighbour_index,
+    subdivide_coords)
 
 
 # -- graph side ----------------------------------------------------------------------------------

@@ -1,0 +1,367 @@
+"""`sam3d train-texture`: the texture & refinement stage's training recipe (tiny preset).
+
+The stage works on the *surface voxels* of the geometry stage's 32^3 occupancy (a structured
+latent: 8 channels per active voxel), in two stages:
+
+1. Structured-latent VAE.  A training-only encoder reads, per surface voxel, the ground-truth
+   albedo and the signed distances of its 8 children on the 64^3 grid, and gives a latent; the two
+   shipped decoders learn to read it back: the mesh decoder an SDF and an RGB colour per child
+   (the refined geometry at twice the resolution, and its colour), the Gaussian decoder G
+   Gaussians per voxel.  With no differentiable splatting on this machine the Gaussians are
+   trained by proxies: their colour to the voxel's albedo, their centres onto the ground-truth
+   surface (nearest sampled surface point), opacity towards 1 and a size prior of half a voxel.
+2. Flow.  The sparse latent flow transformer (`nn.slat`, tiny preset) learns the velocity from
+   noise to the normalised latents, conditioned on the tokens of its own small condition encoder
+   (the geometry model's embedder layout, `nn.condition`, tiny preset) over the photo crop and
+   the mask, with condition dropout for classifier-free guidance.
+
+Data: a `sam3d data --texture` set (albedo views and per-voxel albedo, see
+`sam3d_addon/data/texture_views.py`).  Colours are sRGB in [0, 1] (what textures store).
+Every stage checkpoints to OUT/state.pt (rerun to resume) and logs to OUT/train_log.jsonl; the
+result goes to OUT/texture_model.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.dataset import list_samples, load_sample
+from ..errors import InputError
+from ..nn.condition import EmbedderFuser
+from ..nn.config import get_config
+from ..nn.slat import build_slat_flow, levels_for
+from ..nn.slat_decoders import SLatTrunk, build_slat_decoders, get_slat_decoder_config, mesh_subdivisions
+from ..preprocess import prepare_inputs
+from ..texture.voxels import SDF_CLAMP, fine_sdf_grid, surface_voxel_coords
+from .data import IMAGE_KEYS, POINT_KEYS
+from .loop import _log, _lr_at, _progress
+
+TEXTURE_PRESET = "tiny"
+ENCODER_IN = 3 + 8  # albedo + the 8 children's SDF
+
+
+@dataclass
+class TextureSchedule:
+    vae_steps: int = 3000
+    vae_objects: int = 4  # objects per step (the sparse graphs run one object at a time)
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-4
+    flow_steps: int = 3000
+    flow_objects: int = 4
+    flow_lr: float = 5e-4
+    warmup: int = 100
+    p_uncond: float = 0.1
+    sdf_weight: float = 1.0
+    rgb_weight: float = 1.0
+    gaussian_weight: float = 0.5
+    steps: int = 25  # inference defaults written into the card
+    cfg_strength: float = 1.0
+
+
+@dataclass
+class TextureObject:
+    coords: np.ndarray  # [S, 3] int64 surface voxels (32^3)
+    albedo: np.ndarray  # [S, 3] float32 sRGB in [0, 1]
+    child_sdf: np.ndarray  # [S, 8] float32 fine-voxel units, clamped
+    surface: np.ndarray  # [P, 3] float32 ground-truth surface samples, canonical frame
+    images: dict  # condition inputs (uint8 images [C, S, S])
+    path: str
+
+
+def load_texture_objects(data_dir, split: str, input_size: int, limit: int | None = None,
+                         surface_points: int = 4096, progress=None) -> list[TextureObject]:
+    import trimesh
+
+    paths = list_samples(data_dir, split)
+    if limit:
+        paths = paths[:limit]
+    objects = []
+    for i, p in enumerate(paths):
+        s = load_sample(p)
+        if "tex_voxel_coords" not in s:
+            raise InputError(f"{p} has no texture ground truth; generate data with `sam3d data --texture`.")
+        occ = s["occupancy"]
+        coords = surface_voxel_coords(occ)
+        # the engine stores the same surface voxels; map its albedo onto ours by coordinate
+        albedo = _albedo_for(coords, s["tex_voxel_coords"].astype(np.int64), s["tex_voxel_albedo"])
+        sdf = fine_sdf_grid(s["vertices"], s["faces"], 2 * occ.shape[0])
+        fine, _ = mesh_subdivisions(coords, 1)
+        child = sdf[fine[:, 0], fine[:, 1], fine[:, 2]].reshape(-1, 8)
+        mesh = trimesh.Trimesh(s["vertices"], s["faces"], process=False)
+        rng = np.random.default_rng(i)
+        surface = trimesh.sample.sample_surface(mesh, surface_points, seed=rng)[0].astype(np.float32)
+        inputs = prepare_inputs(s["rgb"], s["mask"], input_size)
+        images = {k: np.clip(inputs[k][0] * 255.0 + 0.5, 0, 255).astype(np.uint8) for k in IMAGE_KEYS}
+        objects.append(TextureObject(coords, albedo, child.astype(np.float32), surface, images, str(p)))
+        if progress:
+            progress(i + 1, len(paths))
+    return objects
+
+
+def _albedo_for(coords, tex_coords, tex_albedo) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    _, idx = cKDTree(tex_coords).query(coords)
+    return (tex_albedo[idx].astype(np.float32) / 255.0)
+
+
+def condition_inputs(objects: list[TextureObject], drop_points: bool = True) -> dict[str, torch.Tensor]:
+    out = {k: torch.from_numpy(np.stack([o.images[k] for o in objects]).astype(np.float32) / 255.0) for k in IMAGE_KEYS}
+    size = out["image"].shape[-1]
+    for k in POINT_KEYS:  # the texture stage sees no point map
+        out[k] = torch.full((len(objects), 3, size, size), float("nan"))
+    return out
+
+
+class SLatEncoder(SLatTrunk):
+    """Training-only: per-voxel ground truth (albedo, children's SDF) -> latent mean and log-variance."""
+
+    def __init__(self, config):
+        from dataclasses import replace
+
+        super().__init__(replace(config, latent_channels=ENCODER_IN))
+        self.out_layer = nn.Linear(config.model_channels, 2 * config.latent_channels)
+
+    def forward(self, feats, coords):
+        h = self.trunk(feats, coords)
+        mean, logvar = self.out_layer(F.layer_norm(h, (h.shape[-1],))).chunk(2, dim=-1)
+        return mean, logvar.clamp(-10, 4)
+
+
+class TextureBundle(nn.Module):
+    def __init__(self, preset: str = TEXTURE_PRESET):
+        super().__init__()
+        self.preset = preset
+        self.encoder = SLatEncoder(get_slat_decoder_config(preset))
+        self.gaussian_decoder, self.mesh_decoder = build_slat_decoders(preset)
+        self.flow = build_slat_flow(preset)
+        self.condition_encoder = EmbedderFuser(get_config(preset).condition)
+
+
+def encoder_features(obj: TextureObject) -> torch.Tensor:
+    sdf = np.clip(obj.child_sdf, -SDF_CLAMP, SDF_CLAMP) / SDF_CLAMP
+    return torch.from_numpy(np.concatenate([obj.albedo * 2 - 1, sdf], axis=1).astype(np.float32))
+
+
+def gaussian_losses(decoder, feats, coords_t, obj: TextureObject):
+    from scipy.spatial import cKDTree
+
+    xyz, scales, _, opacities, colors = decoder(feats, coords_t)
+    g = xyz.shape[1]
+    flat = xyz.reshape(-1, 3)
+    _, idx = cKDTree(obj.surface).query(flat.detach().numpy())
+    target = torch.from_numpy(obj.surface[idx])
+    position = (flat - target).pow(2).sum(-1).mean() * (decoder.config.resolution ** 2)  # voxel units^2
+    albedo = torch.from_numpy(obj.albedo)[:, None, :].expand(-1, g, -1)
+    color = (colors - albedo).abs().mean()
+    opacity = F.binary_cross_entropy(opacities.clamp(1e-4, 1 - 1e-4), torch.ones_like(opacities))
+    size = (torch.log(scales * decoder.config.resolution) - math.log(0.5)).abs().mean()
+    return position + color + 0.1 * opacity + 0.1 * size, {"g_pos": position.item(), "g_rgb": color.item()}
+
+
+def mesh_losses(decoder, feats, coords_t, subdivisions, obj: TextureObject):
+    sdf, rgb = decoder(feats, coords_t, *subdivisions)
+    target = torch.from_numpy(np.clip(obj.child_sdf.reshape(-1), -SDF_CLAMP, SDF_CLAMP))
+    sdf_loss = F.l1_loss(sdf.clamp(-SDF_CLAMP, SDF_CLAMP), target)
+    albedo = torch.from_numpy(np.repeat(obj.albedo, 8, axis=0))
+    near = (target.abs() < 1.5).float()[:, None]  # colour matters where the surface is
+    rgb_loss = ((rgb - albedo).abs() * near).sum() / (3 * near.sum().clamp(min=1))
+    return sdf_loss, rgb_loss
+
+
+class TextureTrainer:
+    def __init__(self, data_dir, out, seed: int = 0, schedule: TextureSchedule | None = None,
+                 limit: int | None = None):
+        self.data_dir, self.out, self.seed = Path(data_dir), Path(out), seed
+        self.schedule = schedule or TextureSchedule()
+        self.limit = limit
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed)
+        self.model = TextureBundle()
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.state = {"stage": "vae", "step": 0, "seconds": {}}
+        self.latent_mean = self.latent_std = None
+        self.heldout = {}
+
+    def save_state(self, optimizer=None):
+        state = {"schedule": asdict(self.schedule), "state": self.state, "model": self.model.state_dict(),
+                 "latent_mean": self.latent_mean, "latent_std": self.latent_std, "heldout": self.heldout,
+                 "optimizer": optimizer.state_dict() if optimizer else None}
+        partial = self.out / "state.pt.partial"
+        torch.save(state, partial)
+        partial.replace(self.out / "state.pt")
+
+    def load_state(self):
+        path = self.out / "state.pt"
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(saved["model"])
+        self.state, self.heldout = saved["state"], saved.get("heldout", {})
+        self.latent_mean, self.latent_std = saved["latent_mean"], saved["latent_std"]
+        print(f"train-texture: resuming at stage {self.state['stage']} step {self.state['step']}", file=sys.stderr)
+        return saved
+
+    def _loop(self, name, total, params, lr, step_fn, resume, budget):
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        if resume and resume.get("optimizer"):
+            opt.load_state_dict(resume["optimizer"])
+        start = self.state["step"] if resume else 0
+        schedule_total = total
+        total = int(self.state.get("total", total)) if resume else total
+        spent0 = self.state["seconds"].get(name, 0.0) if resume else 0.0
+        t0, step, ema = time.time(), start, None
+        while step < total:
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, lr, min(self.schedule.warmup, total // 10 + 1))
+            loss, parts = step_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            elapsed = time.time() - t0
+            self.state.update(step=step, total=total)
+            self.state["seconds"][name] = spent0 + elapsed
+            if budget is not None and (step - start) % 10 == 0:
+                per_step = elapsed / (step - start)
+                total = max(step + 1, min(step + int((budget - spent0 - elapsed) / per_step), schedule_total))
+            _progress(name, step, total, ema, t0, start)
+            if step % 50 == 0 or step == total:
+                _log(self.out, {"stage": name, "step": step, "loss": round(ema, 5),
+                                **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
+            if step % 250 == 0:
+                self.save_state(opt)
+        return opt
+
+    def run(self, minutes: dict | None = None) -> Path:
+        saved = self.load_state()
+        size = get_config(TEXTURE_PRESET).condition.vit.input_size
+        t0 = time.time()
+        objects = load_texture_objects(self.data_dir, "train", size, limit=self.limit)
+        print(f"train-texture: {len(objects)} objects loaded in {time.time() - t0:.0f} s", file=sys.stderr)
+        if len(objects) < 4:
+            raise InputError(f"Only {len(objects)} texture samples in {self.data_dir}; generate more with `sam3d data --texture`.")
+        self.cache = {}
+        minutes = minutes or {}
+        for stage, fn in (("vae", self.train_vae), ("flow", self.train_flow)):
+            if self.state["stage"] == "done" or (stage == "vae" and self.state["stage"] == "flow"):
+                continue
+            budget = minutes.get(stage)
+            fn(objects, saved if saved and saved["state"]["stage"] == stage else None,
+               None if budget is None else budget * 60.0)
+            saved = None
+            self.state = {"stage": "flow" if stage == "vae" else "done", "step": 0, "seconds": self.state["seconds"]}
+            self.save_state()
+        return self.write_model(len(objects))
+
+    def _indices(self, obj_id: int, obj: TextureObject):
+        if obj_id not in self.cache:
+            coords_t = torch.from_numpy(obj.coords)
+            _, maps = mesh_subdivisions(obj.coords, 1)
+            levels = levels_for(obj.coords, self.model.flow.config)
+            self.cache[obj_id] = (coords_t, [torch.from_numpy(m) for m in maps], levels)
+        return self.cache[obj_id]
+
+    def train_vae(self, objects, resume, budget):
+        s, m = self.schedule, self.model
+
+        def step_fn(step):
+            total, parts = 0.0, {"sdf": 0.0, "rgb": 0.0, "kl": 0.0, "g_pos": 0.0, "g_rgb": 0.0}
+            for i in self.rng.integers(0, len(objects), s.vae_objects):
+                obj = objects[i]
+                coords_t, subdiv, _ = self._indices(int(i), obj)
+                mean, logvar = m.encoder(encoder_features(obj), coords_t)
+                z = mean + torch.randn(mean.shape, generator=self.generator) * torch.exp(0.5 * logvar)
+                sdf_loss, rgb_loss = mesh_losses(m.mesh_decoder, z, coords_t, subdiv, obj)
+                g_loss, g_parts = gaussian_losses(m.gaussian_decoder, z, coords_t, obj)
+                kl = 0.5 * torch.mean(mean.pow(2) + logvar.exp() - 1.0 - logvar)
+                total = total + s.sdf_weight * sdf_loss + s.rgb_weight * rgb_loss + s.gaussian_weight * g_loss + s.kl_weight * kl
+                parts["sdf"] += sdf_loss.item() / s.vae_objects
+                parts["rgb"] += rgb_loss.item() / s.vae_objects
+                parts["kl"] += kl.item() / s.vae_objects
+                for k, v in g_parts.items():
+                    parts[k] += v / s.vae_objects
+            return total / s.vae_objects, parts
+
+        params = [p for mod in (m.encoder, m.mesh_decoder, m.gaussian_decoder) for p in mod.parameters()]
+        self._loop("vae", s.vae_steps, params, s.vae_lr, step_fn, resume, budget)
+
+    @torch.no_grad()
+    def encode_latents(self, objects) -> list[torch.Tensor]:
+        self.model.encoder.eval()
+        lat = [self.model.encoder(encoder_features(o), self._indices(i, o)[0])[0] for i, o in enumerate(objects)]
+        self.model.encoder.train()
+        if self.latent_mean is None:
+            allz = torch.cat(lat)
+            self.latent_mean = allz.mean(0).tolist()
+            self.latent_std = allz.std(0).clamp(min=1e-3).tolist()
+        mean, std = torch.tensor(self.latent_mean), torch.tensor(self.latent_std)
+        return [(z - mean) / std for z in lat]
+
+    def train_flow(self, objects, resume, budget):
+        s, m = self.schedule, self.model
+        latents = self.encode_latents(objects)
+
+        def step_fn(step):
+            idx = self.rng.integers(0, len(objects), s.flow_objects)
+            cond = m.condition_encoder(**condition_inputs([objects[i] for i in idx]))
+            keep = (torch.rand(len(idx), generator=self.generator) >= s.p_uncond).float()
+            cond = cond * keep.view(-1, 1, 1)
+            total = 0.0
+            for b, i in enumerate(idx):
+                x1 = latents[i][None]
+                t = torch.sigmoid(torch.randn(1, generator=self.generator))
+                x0 = torch.randn(x1.shape, generator=self.generator)
+                xt = (1 - t) * x0 + t * x1
+                v = m.flow(xt, 1000.0 * t, cond[b:b + 1], self._indices(int(i), objects[i])[2])
+                total = total + F.mse_loss(v, x1 - x0)
+            return total / len(idx), {}
+
+        params = list(m.flow.parameters()) + list(m.condition_encoder.parameters())
+        self._loop("flow", s.flow_steps, params, s.flow_lr, step_fn, resume, budget)
+
+    def write_model(self, n_train: int) -> Path:
+        path = self.out / "texture_model.pt"
+        torch.save({"format": "sam3d-blender/texture-checkpoint", "preset": TEXTURE_PRESET,
+                    "state_dict": self.model.state_dict(), "latent_mean": self.latent_mean,
+                    "latent_std": self.latent_std,
+                    "sampler": {"steps": self.schedule.steps, "cfg_strength": self.schedule.cfg_strength,
+                                "cfg_interval": [0.0, 500.0], "rescale_t": 1.0, "time_scale": 1000.0},
+                    "meta": {"data": str(self.data_dir), "train_samples": n_train,
+                             "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
+                             "schedule": asdict(self.schedule), "seed": self.seed, "device": "cpu",
+                             "torch": torch.__version__}}, path)
+        print(f"train-texture: wrote {path}", file=sys.stderr)
+        return path
+
+
+def train_texture_main(args) -> int:
+    schedule = TextureSchedule()
+    if args.steps:
+        try:
+            vae, flow = (int(v) for v in args.steps.split(","))
+        except ValueError:
+            raise InputError(f"--steps takes two integers VAE,FLOW, got {args.steps!r}.") from None
+        schedule = TextureSchedule(vae_steps=vae, flow_steps=flow, warmup=max(1, min(100, flow // 10)))
+    minutes = None
+    if args.minutes:
+        try:
+            vae_m, flow_m = (float(v) for v in args.minutes.split(","))
+        except ValueError:
+            raise InputError(f"--minutes takes two numbers VAE,FLOW, got {args.minutes!r}.") from None
+        minutes = {"vae": vae_m, "flow": flow_m}
+    TextureTrainer(args.data, args.out, seed=args.seed, schedule=schedule, limit=args.limit).run(minutes)
+    return 0

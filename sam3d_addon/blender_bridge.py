@@ -671,19 +671,25 @@ def _data_build_scene() -> "bpy.types.Scene":
     tree = bpy.data.node_groups.new(_data_name("compositor"), "CompositorNodeTree")
     layers = tree.nodes.new("CompositorNodeRLayers")
     layers.scene = scene
+    _data_exr_outputs(tree, layers, _data_name("passes"), "pass_",
+                      (("rgba", "Image", "RGBA"), ("depth", "Depth", "FLOAT"), ("index", "Object Index", "FLOAT")))
+    scene.compositing_node_group = tree
+    return scene
+
+
+def _data_exr_outputs(tree, layers, node_name: str, prefix: str, items) -> None:
+    """A File Output node writing render-layer sockets as uncompressed float EXR passes;
+    items: (file item name, render-layer socket, kind)."""
     out = tree.nodes.new("CompositorNodeOutputFile")
-    out.name = _data_name("passes")
+    out.name = node_name
     out.format.media_type = "IMAGE"
     out.format.file_format = "OPEN_EXR"
     out.format.color_depth = "32"
     out.format.exr_codec = "NONE"
-    out.file_name = "pass_"
-    for item_name, socket, kind in (("rgba", "Image", "RGBA"), ("depth", "Depth", "FLOAT"),
-                                    ("index", "Object Index", "FLOAT")):
+    out.file_name = prefix
+    for item_name, socket, kind in items:
         out.file_output_items.new(kind, item_name)
         tree.links.new(layers.outputs[socket], out.inputs[item_name])
-    scene.compositing_node_group = tree
-    return scene
 
 
 def _data_scene() -> "bpy.types.Scene":
@@ -944,17 +950,8 @@ def _data_texture_build_scene() -> "bpy.types.Scene":
     tree = bpy.data.node_groups.new(_data_tex_name("compositor"), "CompositorNodeTree")
     layers = tree.nodes.new("CompositorNodeRLayers")  # after the AOV: it has the AOV's socket
     layers.scene = scene
-    out = tree.nodes.new("CompositorNodeOutputFile")
-    out.name = _data_tex_name("passes")
-    out.format.media_type = "IMAGE"
-    out.format.file_format = "OPEN_EXR"
-    out.format.color_depth = "32"
-    out.format.exr_codec = "NONE"
-    out.file_name = "tex_"
-    for item_name, socket, kind in (("albedo", _DATA_AOV, "RGBA"), ("alpha", "Alpha", "FLOAT"),
-                                    ("depth", "Depth", "FLOAT")):
-        out.file_output_items.new(kind, item_name)
-        tree.links.new(layers.outputs[socket], out.inputs[item_name])
+    _data_exr_outputs(tree, layers, _data_tex_name("passes"), "tex_",
+                      (("albedo", _DATA_AOV, "RGBA"), ("alpha", "Alpha", "FLOAT"), ("depth", "Depth", "FLOAT")))
     scene.compositing_node_group = tree
     return scene
 

@@ -205,6 +205,56 @@ class ConditionProbe(torch.nn.Module):
 PROBE_POSE = ("rotation6d", "translation", "scale")
 
 
+def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_every: int = 100, save_every: int = 500):
+    """Run one stage of a trainer (`owner`: .state, .schedule.warmup, .out, .save_state(opt)).
+    With a time budget (seconds) the step count is fitted to it after the first steps, so the
+    cosine schedule still completes; the count used is logged."""
+    if not isinstance(params[0], dict):
+        params = [{"params": params, "lr_scale": 1.0}]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    all_params = [p for g in params for p in g["params"]]
+    if resume and resume.get("optimizer"):
+        opt.load_state_dict(resume["optimizer"])
+    start = owner.state["step"] if resume else 0
+    schedule_total = total
+    total = int(owner.state.get("total", total)) if resume else total
+    t0 = time.time()
+    spent0 = owner.state["seconds"].get(name, 0.0) if resume else 0.0
+    loss_ema = None
+    step = start
+    while step < total:
+        for g in opt.param_groups:
+            g["lr"] = g["lr_scale"] * _lr_at(step, total, lr, min(owner.schedule.warmup, total // 10 + 1))
+        loss, parts = step_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(all_params, 1.0)
+        opt.step()
+        step += 1
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        elapsed = time.time() - t0
+        owner.state.update(step=step, total=total)
+        owner.state["seconds"][name] = spent0 + elapsed
+        if budget is not None and step - start >= 20 and (step - start) % 20 == 0:
+            # Fit the step count to the time left, from the speed so far (the machine may be
+            # shared), never beyond the schedule's own count.
+            per_step = elapsed / (step - start)
+            fitted = step + int((budget - spent0 - elapsed) / per_step)
+            fitted = max(step + 1, min(fitted, schedule_total))
+            if fitted != total:
+                total = fitted
+                if (step - start) % 200 == 0 or step - start == 20:
+                    _log(owner.out, {"stage": name, "event": "steps_fitted_to_budget", "total": total,
+                                    "seconds_per_step": round(per_step, 3)})
+        _progress(name, step, total, loss_ema, t0, start)
+        if step % log_every == 0 or step == total:
+            _log(owner.out, {"stage": name, "step": step, "loss": round(loss_ema, 5),
+                            **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
+        if step % save_every == 0:
+            owner.save_state(opt)
+    return opt
+
+
 class Trainer:
     def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0,
                  schedule: Schedule | None = None, limit: int | None = None):
@@ -296,52 +346,7 @@ class Trainer:
         return self.write_model(arrays)
 
     def _loop(self, name, total, params, lr, step_fn, resume, budget):
-        """Run one stage.  With a time budget (seconds) the step count is fitted to it after the
-        first steps, so the cosine schedule still completes; the count used is logged."""
-        if not isinstance(params[0], dict):
-            params = [{"params": params, "lr_scale": 1.0}]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        all_params = [p for g in params for p in g["params"]]
-        if resume and resume.get("optimizer"):
-            opt.load_state_dict(resume["optimizer"])
-        start = self.state["step"] if resume else 0
-        schedule_total = total
-        total = int(self.state.get("total", total)) if resume else total
-        t0 = time.time()
-        spent0 = self.state["seconds"].get(name, 0.0) if resume else 0.0
-        loss_ema = None
-        step = start
-        while step < total:
-            for g in opt.param_groups:
-                g["lr"] = g["lr_scale"] * _lr_at(step, total, lr, min(self.schedule.warmup, total // 10 + 1))
-            loss, parts = step_fn(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(all_params, 1.0)
-            opt.step()
-            step += 1
-            loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
-            elapsed = time.time() - t0
-            self.state.update(step=step, total=total)
-            self.state["seconds"][name] = spent0 + elapsed
-            if budget is not None and step - start >= 20 and (step - start) % 20 == 0:
-                # Fit the step count to the time left, from the speed so far (the machine may be
-                # shared), never beyond the schedule's own count.
-                per_step = elapsed / (step - start)
-                fitted = step + int((budget - spent0 - elapsed) / per_step)
-                fitted = max(step + 1, min(fitted, schedule_total))
-                if fitted != total:
-                    total = fitted
-                    if (step - start) % 200 == 0 or step - start == 20:
-                        _log(self.out, {"stage": name, "event": "steps_fitted_to_budget", "total": total,
-                                        "seconds_per_step": round(per_step, 3)})
-            _progress(name, step, total, loss_ema, t0, start)
-            if step % 100 == 0 or step == total:
-                _log(self.out, {"stage": name, "step": step, "loss": round(loss_ema, 5),
-                                **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
-            if step % 500 == 0:
-                self.save_state(opt)
-        return opt
+        return train_stage(self, name, total, params, lr, step_fn, resume, budget)
 
     def train_vae(self, arrays, resume, budget):
         s = self.schedule

@@ -23,7 +23,6 @@ result goes to OUT/texture_model.pt.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -44,7 +43,7 @@ from ..nn.slat_decoders import SLatTrunk, build_slat_decoders, get_slat_decoder_
 from ..preprocess import prepare_inputs
 from ..texture.voxels import SDF_CLAMP, fine_sdf_grid, surface_voxel_coords
 from .data import IMAGE_KEYS, POINT_KEYS
-from .loop import _log, _lr_at, _progress
+from .loop import train_stage
 
 TEXTURE_PRESET = "tiny"
 ENCODER_IN = 3 + 8  # albedo + the 8 children's SDF
@@ -214,37 +213,7 @@ class TextureTrainer:
         return saved
 
     def _loop(self, name, total, params, lr, step_fn, resume, budget):
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        if resume and resume.get("optimizer"):
-            opt.load_state_dict(resume["optimizer"])
-        start = self.state["step"] if resume else 0
-        schedule_total = total
-        total = int(self.state.get("total", total)) if resume else total
-        spent0 = self.state["seconds"].get(name, 0.0) if resume else 0.0
-        t0, step, ema = time.time(), start, None
-        while step < total:
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, lr, min(self.schedule.warmup, total // 10 + 1))
-            loss, parts = step_fn(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-            elapsed = time.time() - t0
-            self.state.update(step=step, total=total)
-            self.state["seconds"][name] = spent0 + elapsed
-            if budget is not None and (step - start) % 10 == 0:
-                per_step = elapsed / (step - start)
-                total = max(step + 1, min(step + int((budget - spent0 - elapsed) / per_step), schedule_total))
-            _progress(name, step, total, ema, t0, start)
-            if step % 50 == 0 or step == total:
-                _log(self.out, {"stage": name, "step": step, "loss": round(ema, 5),
-                                **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
-            if step % 250 == 0:
-                self.save_state(opt)
-        return opt
+        return train_stage(self, name, total, params, lr, step_fn, resume, budget, log_every=50, save_every=250)
 
     def run(self, minutes: dict | None = None) -> Path:
         saved = self.load_state()

@@ -800,6 +800,58 @@ def _data_read_exr(path: str) -> np.ndarray:
     return px.reshape(h, w, 4)[::-1].copy()
 
 
+def _data_render_settings(scene, resolution: int, samples: int, seed: int, threads: int, fov_deg: float) -> None:
+    """Square image size, Cycles samples/seed/threads and the camera's field of view."""
+    render = scene.render
+    render.resolution_x = render.resolution_y = int(resolution)
+    render.threads_mode = "FIXED" if threads else "AUTO"
+    if threads:
+        render.threads = int(threads)
+    scene.cycles.samples = int(samples)
+    scene.cycles.seed = int(seed) % (2 ** 31)
+    scene.camera.data.angle = float(np.radians(fov_deg))
+
+
+def _data_object(name: str, spec: dict, aov_name: str | None = None) -> list:
+    """Mesh, material and object of one object spec, linked to no scene; returns [mesh, material,
+    object] (the object last)."""
+    mesh = _data_mesh(f"{name}mesh", spec["vertices"], spec["faces"], spec.get("smooth_angle_deg", 35.0))
+    mat = _data_material(f"{name}material", spec["material"], aov_name=aov_name)
+    mesh.materials.append(mat)
+    ob = bpy.data.objects.new(f"{name}object", mesh)
+    ob.location = [float(c) for c in spec["location"]]
+    ob.rotation_euler = (0.0, 0.0, float(spec["yaw"]))
+    ob.scale = (float(spec["scale"]),) * 3
+    return [mesh, mat, ob]
+
+
+def _data_render_passes(scene, node_name: str, prefix: str, names) -> dict:
+    """Render `scene` and read back the EXR passes its File Output node `node_name` writes as
+    PREFIX<name>*.exr (float arrays [H,W,C]); the files are deleted once read."""
+    import atexit
+    import glob
+    import os
+    import shutil
+    import tempfile
+
+    global _data_tmp_dir
+    if _data_tmp_dir is None or not os.path.isdir(_data_tmp_dir):
+        _data_tmp_dir = tempfile.mkdtemp(prefix="sam3d_data_render_")
+        atexit.register(shutil.rmtree, _data_tmp_dir, True)
+    scene.compositing_node_group.nodes[node_name].directory = _data_tmp_dir + os.sep
+    for old in glob.glob(os.path.join(_data_tmp_dir, f"{prefix}*")):
+        os.remove(old)
+    _data_quiet_render(scene.name)
+    passes = {}
+    for name in names:
+        found = sorted(glob.glob(os.path.join(_data_tmp_dir, f"{prefix}{name}*.exr")))
+        if not found:
+            raise RuntimeError(f"Cycles wrote no {name} pass to {_data_tmp_dir}")
+        passes[name] = _data_read_exr(found[0])
+        os.remove(found[0])
+    return passes
+
+
 def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, lighting: dict,
                 samples: int = 10, seed: int = 0, shadow_catcher: bool = True,
                 threads: int = 0) -> dict:
@@ -816,26 +868,11 @@ def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, l
     (int32 [H,W], pass_index, 0 = nothing), object_matrices (list of 4x4 float64 as Blender
     evaluated them) and camera_matrix (4x4 float64).
     """
-    import atexit
-    import glob
-    import os
-    import shutil
-    import tempfile
-
     from mathutils import Matrix, Vector
 
-    global _data_tmp_dir
     scene = _data_scene()
-    render = scene.render
-    render.resolution_x = render.resolution_y = int(resolution)
-    render.threads_mode = "FIXED" if threads else "AUTO"
-    if threads:
-        render.threads = int(threads)
-    scene.cycles.samples = int(samples)
-    scene.cycles.seed = int(seed) % (2 ** 31)
-
+    _data_render_settings(scene, resolution, samples, seed, threads, fov_deg)
     cam = scene.camera
-    cam.data.angle = float(np.radians(fov_deg))
     cam.matrix_world = Matrix(np.asarray(camera_matrix_world, dtype=np.float64).tolist())
 
     sun = scene.objects[_data_name("sun")]
@@ -849,44 +886,22 @@ def data_render(objects, camera_matrix_world, fov_deg: float, resolution: int, l
     background.inputs["Strength"].default_value = float(lighting["world_strength"])
     scene.objects[_data_name("ground")].hide_render = not shadow_catcher
 
-    obs, data = [], []  # created this call, removed again at the end
+    created, obs = [], []  # created this call, removed again at the end
     try:
         for k, spec in enumerate(objects):
-            mesh = _data_mesh(_data_name(f"mesh{k}"), spec["vertices"], spec["faces"],
-                              spec.get("smooth_angle_deg", 35.0))
-            data.append(mesh)
-            mat = _data_material(_data_name(f"material{k}"), spec["material"])
-            data.append(mat)
-            mesh.materials.append(mat)
-            ob = bpy.data.objects.new(_data_name(f"object{k}"), mesh)
+            parts = _data_object(_data_name(f"{k}_"), spec)
+            created += parts
+            ob = parts[-1]
             obs.append(ob)
-            ob.location = [float(c) for c in spec["location"]]
-            ob.rotation_euler = (0.0, 0.0, float(spec["yaw"]))
-            ob.scale = (float(spec["scale"]),) * 3
             ob.pass_index = int(spec["pass_index"])
             scene.collection.objects.link(ob)
         scene.view_layers[0].update()
         object_matrices = [np.array(ob.matrix_world, dtype=np.float64) for ob in obs]
         camera_matrix = np.array(cam.matrix_world, dtype=np.float64)
-
-        if _data_tmp_dir is None or not os.path.isdir(_data_tmp_dir):
-            _data_tmp_dir = tempfile.mkdtemp(prefix="sam3d_data_render_")
-            atexit.register(shutil.rmtree, _data_tmp_dir, True)
-        out = scene.compositing_node_group.nodes[_data_name("passes")]
-        out.directory = _data_tmp_dir + os.sep
-        for old in glob.glob(os.path.join(_data_tmp_dir, "pass_*")):
-            os.remove(old)
-        _data_quiet_render(scene.name)
-        passes = {}
-        for name in ("rgba", "depth", "index"):
-            found = sorted(glob.glob(os.path.join(_data_tmp_dir, f"pass_{name}*.exr")))
-            if not found:
-                raise RuntimeError(f"Cycles wrote no {name} pass to {_data_tmp_dir}")
-            passes[name] = _data_read_exr(found[0])
-            os.remove(found[0])
+        passes = _data_render_passes(scene, _data_name("passes"), "pass_", ("rgba", "depth", "index"))
     finally:
-        if obs or data:
-            bpy.data.batch_remove(obs + data)
+        if created:
+            bpy.data.batch_remove(created)
 
     index = np.rint(passes["index"][..., 0]).astype(np.int32)
     depth = passes["depth"][..., 0].astype(np.float32)
@@ -996,61 +1011,23 @@ def data_render_albedo_views(target: dict, camera_matrices, fov_deg: float, reso
     pass is not anti-aliased), inf where it misses), object_matrix (4x4 float64 as Blender
     evaluated it) and camera_matrices ([V,4,4] float64).
     """
-    import atexit
-    import glob
-    import os
-    import shutil
-    import tempfile
-
     from mathutils import Matrix
 
-    global _data_tmp_dir
     scene = _data_texture_scene()
-    render = scene.render
-    render.resolution_x = render.resolution_y = int(resolution)
-    render.threads_mode = "FIXED" if threads else "AUTO"
-    if threads:
-        render.threads = int(threads)
-    scene.cycles.samples = int(samples)
-    scene.cycles.seed = int(seed) % (2 ** 31)
+    _data_render_settings(scene, resolution, samples, seed, threads, fov_deg)
     cam = scene.camera
-    cam.data.angle = float(np.radians(fov_deg))
-
-    if _data_tmp_dir is None or not os.path.isdir(_data_tmp_dir):
-        _data_tmp_dir = tempfile.mkdtemp(prefix="sam3d_data_render_")
-        atexit.register(shutil.rmtree, _data_tmp_dir, True)
-    out = scene.compositing_node_group.nodes[_data_tex_name("passes")]
-    out.directory = _data_tmp_dir + os.sep
 
     created = []
     albedo, alpha, depth, cameras = [], [], [], []
     try:
-        mesh = _data_mesh(_data_tex_name("mesh"), target["vertices"], target["faces"],
-                          target.get("smooth_angle_deg", 35.0))
-        created.append(mesh)
-        mat = _data_material(_data_tex_name("material"), target["material"], aov_name=_DATA_AOV)
-        created.append(mat)
-        mesh.materials.append(mat)
-        ob = bpy.data.objects.new(_data_tex_name("object"), mesh)
-        created.append(ob)
-        ob.location = [float(c) for c in target["location"]]
-        ob.rotation_euler = (0.0, 0.0, float(target["yaw"]))
-        ob.scale = (float(target["scale"]),) * 3
+        created = _data_object(_data_tex_name(""), target, aov_name=_DATA_AOV)
+        ob = created[-1]
         scene.collection.objects.link(ob)
         for matrix in np.asarray(camera_matrices, dtype=np.float64):
             cam.matrix_world = Matrix(matrix.tolist())
             scene.view_layers[0].update()
             cameras.append(np.array(cam.matrix_world, dtype=np.float64))
-            for old in glob.glob(os.path.join(_data_tmp_dir, "tex_*")):
-                os.remove(old)
-            _data_quiet_render(scene.name)
-            passes = {}
-            for name in ("albedo", "alpha", "depth"):
-                found = sorted(glob.glob(os.path.join(_data_tmp_dir, f"tex_{name}*.exr")))
-                if not found:
-                    raise RuntimeError(f"Cycles wrote no {name} pass to {_data_tmp_dir}")
-                passes[name] = _data_read_exr(found[0])
-                os.remove(found[0])
+            passes = _data_render_passes(scene, _data_tex_name("passes"), "tex_", ("albedo", "alpha", "depth"))
             a = np.clip(passes["alpha"][..., 0], 0.0, 1.0)
             covered = a > 0
             straight = np.where(covered[..., None], passes["albedo"][..., :3] / np.maximum(a, 1e-6)[..., None], 0.0)

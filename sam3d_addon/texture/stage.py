@@ -117,7 +117,8 @@ class TextureStage:
             out = decoder({"feats": feats[rows], "coords": coords[rows]})
             for k in GAUSSIAN_KEYS:
                 parts[k].append(out[k][own])
-        return {k: np.concatenate(v).reshape(-1, np.concatenate(v).shape[-1]) for k, v in parts.items()}
+        # [N, G, k] per chunk -> [N*G, k] rows
+        return {k: np.concatenate(v).reshape(-1, v[0].shape[-1]) for k, v in parts.items()}
 
     def run(self, occupancy: np.ndarray, inputs: dict, output: str = "mesh", seed: int | None = 0,
             steps: int | None = None, cfg_strength: float | None = None, progress=None, cancel=None,

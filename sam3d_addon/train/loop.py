@@ -39,7 +39,7 @@ from ..contract import POSE_DIMS
 from ..errors import InputError
 from ..nn.bundle import ModelBundle, build_models
 from ..nn.checkpoint import save_checkpoint
-from ..nn.vae import grid_to_tokens
+from ..nn.vae import grid_to_tokens, tokens_to_grid
 from ..pose import encode_pose
 from ..data.dataset import list_samples, load_sample
 from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, load_split, pose_statistics
@@ -460,8 +460,7 @@ class Trainer:
         shape, _ = self.probe(b.condition_encoder(**inputs))
         b.condition_encoder.train()
         lat = shape * torch.tensor(self.latent_std) + torch.tensor(self.latent_mean)
-        side = b.config.vae.latent_resolution
-        grid = lat.reshape(len(test), side, side, side, -1).permute(0, 4, 1, 2, 3)
+        grid = tokens_to_grid(lat, b.config.vae.latent_resolution)
         pred = (b.decoder(grid)[:, 0] > 0).numpy()
         occ = test.occupancy
         inter = (pred & occ).sum(axis=(1, 2, 3))
@@ -542,28 +541,31 @@ class Trainer:
         return path
 
 
+def stage_values(text: str | None, option: str, stages: tuple[str, ...], cast=float) -> dict | None:
+    """'A,B,...' (one number per stage, in order) -> {stage: value}; None when not given."""
+    if not text:
+        return None
+    kind = "integers" if cast is int else "numbers"
+    try:
+        values = [cast(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != len(stages):
+        raise InputError(f"{option} takes {len(stages)} {kind} {','.join(s.upper() for s in stages)}, got {text!r}.")
+    return dict(zip(stages, values))
+
+
 def train_main(args) -> int:
     if args.config not in SCHEDULES:
         raise InputError(f"No training schedule for config '{args.config}'; choose one of: {', '.join(SCHEDULES)}.")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     schedule = SCHEDULES[args.config]
-    if args.steps:
-        try:
-            vae, encoder, flow, distill = (int(v) for v in args.steps.split(","))
-        except ValueError:
-            raise InputError(f"--steps takes four integers VAE,ENCODER,FLOW,DISTILL, got {args.steps!r}.") from None
-        schedule = replace(schedule, vae_steps=vae, encoder_steps=encoder, flow_steps=flow, distill_steps=distill,
-                           warmup=min(schedule.warmup, max(1, flow // 10)))
+    stage_names = ("vae", "encoder", "flow", "distill")
+    steps = stage_values(args.steps, "--steps", stage_names, int)
+    if steps:
+        schedule = replace(schedule, **{f"{k}_steps": v for k, v in steps.items()},
+                           warmup=min(schedule.warmup, max(1, steps["flow"] // 10)))
     trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    minutes = None
-    if args.minutes:
-        try:
-            values = [float(v) for v in args.minutes.split(",")]
-        except ValueError:
-            values = []
-        if len(values) != 4:
-            raise InputError(f"--minutes takes four numbers VAE,ENCODER,FLOW,DISTILL, got {args.minutes!r}.")
-        minutes = dict(zip(("vae", "encoder", "flow", "distill"), values))
-    trainer.run(stages, minutes=minutes)
+    trainer.run(stages, minutes=stage_values(args.minutes, "--minutes", stage_names))
     return 0

@@ -41,9 +41,9 @@ from ..nn.config import get_config
 from ..nn.slat import build_slat_flow, levels_for
 from ..nn.slat_decoders import SLatTrunk, build_slat_decoders, get_slat_decoder_config, mesh_subdivisions
 from ..preprocess import prepare_inputs
-from ..texture.voxels import SDF_CLAMP, fine_sdf_grid, surface_voxel_coords
+from ..texture.voxels import SDF_CLAMP, fine_sdf_grid
 from .data import IMAGE_KEYS, POINT_KEYS
-from .loop import train_stage
+from .loop import stage_values, train_stage
 
 TEXTURE_PRESET = "tiny"
 ENCODER_IN = 3 + 8  # albedo + the 8 children's SDF
@@ -90,9 +90,9 @@ def load_texture_objects(data_dir, split: str, input_size: int, limit: int | Non
         if "tex_voxel_coords" not in s:
             raise InputError(f"{p} has no texture ground truth; generate data with `sam3d data --texture`.")
         occ = s["occupancy"]
-        coords = surface_voxel_coords(occ)
-        # the engine stores the same surface voxels; map its albedo onto ours by coordinate
-        albedo = _albedo_for(coords, s["tex_voxel_coords"].astype(np.int64), s["tex_voxel_albedo"])
+        # the engine stores the surface voxels (texture.voxels.surface_voxel_coords) with their albedo
+        coords = s["tex_voxel_coords"].astype(np.int64)
+        albedo = s["tex_voxel_albedo"].astype(np.float32) / 255.0
         sdf = fine_sdf_grid(s["vertices"], s["faces"], 2 * occ.shape[0])
         fine, _ = mesh_subdivisions(coords, 1)
         child = sdf[fine[:, 0], fine[:, 1], fine[:, 2]].reshape(-1, 8)
@@ -105,13 +105,6 @@ def load_texture_objects(data_dir, split: str, input_size: int, limit: int | Non
         if progress:
             progress(i + 1, len(paths))
     return objects
-
-
-def _albedo_for(coords, tex_coords, tex_albedo) -> np.ndarray:
-    from scipy.spatial import cKDTree
-
-    _, idx = cKDTree(tex_coords).query(coords)
-    return (tex_albedo[idx].astype(np.float32) / 255.0)
 
 
 def condition_inputs(objects: list[TextureObject], drop_points: bool = True) -> dict[str, torch.Tensor]:
@@ -319,18 +312,10 @@ class TextureTrainer:
 
 def train_texture_main(args) -> int:
     schedule = TextureSchedule()
-    if args.steps:
-        try:
-            vae, flow = (int(v) for v in args.steps.split(","))
-        except ValueError:
-            raise InputError(f"--steps takes two integers VAE,FLOW, got {args.steps!r}.") from None
-        schedule = TextureSchedule(vae_steps=vae, flow_steps=flow, warmup=max(1, min(100, flow // 10)))
-    minutes = None
-    if args.minutes:
-        try:
-            vae_m, flow_m = (float(v) for v in args.minutes.split(","))
-        except ValueError:
-            raise InputError(f"--minutes takes two numbers VAE,FLOW, got {args.minutes!r}.") from None
-        minutes = {"vae": vae_m, "flow": flow_m}
+    steps = stage_values(args.steps, "--steps", ("vae", "flow"), int)
+    if steps:
+        schedule = TextureSchedule(vae_steps=steps["vae"], flow_steps=steps["flow"],
+                                   warmup=max(1, min(100, steps["flow"] // 10)))
+    minutes = stage_values(args.minutes, "--minutes", ("vae", "flow"))
     TextureTrainer(args.data, args.out, seed=args.seed, schedule=schedule, limit=args.limit).run(minutes)
     return 0

@@ -263,8 +263,11 @@ class LayoutRecorder:
         else:
             display = str(value)
         label = rna.name if text is None else text
+        # A column's / row's heading labels its first widget (property split: in the label column).
+        heading = self.heading if not any(isinstance(c, Item) for c in self.children) else ""
         self._add("prop", name=property, text=label, rna_name=rna.name, icon=self._icon(icon), value=value,
-                  display=display, type=rna.type, subtype=rna.subtype, emboss=emboss, icon_only=icon_only)
+                  display=display, type=rna.type, subtype=rna.subtype, emboss=emboss, icon_only=icon_only,
+                  heading=heading)
 
     def operator(self, operator, text=None, text_ctxt="", translate=True, icon="NONE", emboss=True,
                  depress=False, icon_value=0, search_weight=0.0):
@@ -673,6 +676,11 @@ class Renderer:
                 self.text(x + 7, yc, it.text, wcol["text"], width=w / 2)
                 self.text(x + w - 7, yc, it.display, wcol["text"], anchor="rm")
         elif it.type == "BOOLEAN":
+            if it.flags.get("use_property_split"):  # the checkbox sits in the value column
+                lw = w * SPLIT
+                if it.heading:
+                    self.text(x + lw - 8, yc, self.fit(it.heading, lw - 10), t["panel_text"], anchor="rm")
+                x, w = x + lw, w - lw
             wcol = t["w_option"]
             self.widget(x + 2, yc - 7, x + 16, yc + 7, wcol, fill=wcol["inner_sel"] if it.display else None)
             if it.display:

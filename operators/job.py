@@ -119,6 +119,12 @@ def resolve_settings(context, model_override: str = "", device_override: str = "
         "steps": int(steps) or None,
         "seed": int(settings.seed),
         "keep_loaded": prefs.keep_loaded if prefs is not None else True,
+        # passed on to Sam3DPipeline.run
+        "run_options": {
+            "output": str(settings.output).lower(),
+            "bake": bool(settings.bake_texture),
+            "photo_projection": bool(settings.photo_projection),
+        },
     }
 
 
@@ -203,14 +209,31 @@ def worker_outcome(fn, what: str) -> tuple:
         return ("error", f"{what} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
 
 
+def _accepted_options(pipe, options: dict) -> dict:
+    """The options that `pipe.run` takes by name (all of them when it takes **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(pipe.run).parameters
+    except (TypeError, ValueError):
+        return dict(options)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    return {k: v for k, v in options.items() if k in params}
+
+
 class ThreeDfyJob:
     """One 3Dfy run.  States: 'READY' -> 'RUNNING' -> 'FINISHED' | 'CANCELLED' | 'ERROR'."""
 
-    def __init__(self, pipe, inputs: dict, steps=None, seed=0, keep_loaded=True, scene_name=None):
+    def __init__(self, pipe, inputs: dict, steps=None, seed=0, keep_loaded=True, scene_name=None,
+                 run_options: dict | None = None):
         self.pipe = pipe
         self.inputs = inputs
         self.steps = steps
         self.seed = seed
+        # More keyword arguments of pipe.run (output, bake, photo_projection...); those a
+        # replacement pipeline's `run` does not take are left out.
+        self.run_options = _accepted_options(pipe, run_options or {})
         self.keep_loaded = keep_loaded
         self.scene_name = scene_name
         self._lock = threading.Lock()
@@ -233,7 +256,7 @@ class ThreeDfyJob:
             result = self.pipe.run(
                 inputs["image"], inputs["masks"], names=inputs["names"],
                 steps=self.steps, seed=self.seed, progress=self._on_progress,
-                cancel=self._cancel.is_set,
+                cancel=self._cancel.is_set, **self.run_options,
             )
             if self._cancel.is_set():
                 raise Cancelled()

@@ -65,6 +65,26 @@ class SAM3D_SceneSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=0, min=0, max=200,
                        description="Sampler steps (0: the default from preferences / the model)")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the sampler")
+    output: EnumProperty(
+        name="Output", default="MESH",
+        items=[
+            ("MESH", "Mesh", "A textured mesh per object"),
+            ("GAUSSIANS", "Gaussians", "3D Gaussians per object, shown as a labelled point cloud "
+                                       "(needs a texture model)"),
+            ("BOTH", "Both", "The textured mesh and the Gaussians point cloud (needs a texture model)"),
+        ],
+        description="What each object becomes",
+    )
+    bake_texture: BoolProperty(
+        name="Bake Texture", default=True,
+        description="UV-unwrap each coloured mesh and bake its colours into a packed image texture "
+                    "(off: the material reads the colour attribute)",
+    )
+    photo_projection: BoolProperty(
+        name="Photo Projection", default=False,
+        description="Bake the photo onto the side of each mesh the camera sees.  Only as good as the "
+                    "pose: with the tiny model the photo often lands on the wrong surfaces",
+    )
 
 
 class SAM3D_JobState(bpy.types.PropertyGroup):

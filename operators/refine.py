@@ -26,6 +26,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from ..sam3d_addon import blender_bridge as bridge
 from ..sam3d_addon.errors import Cancelled, Sam3DError
 from . import job as job_mod
+from .modal import Sam3DModalJob
 
 POLICY_ITEMS = [
     ("BUILTIN", "Built-in", "Offline render-and-compare layout fitting plus plausibility fixes"),
@@ -238,26 +239,7 @@ class RefineJob:
         return self.state
 
 
-def _redraw(context) -> None:
-    for window in context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type in {"IMAGE_EDITOR", "VIEW_3D"}:
-                area.tag_redraw()
-
-
-def _set_refine_state(context, running: bool, progress: float = 0.0, status: str = "") -> None:
-    """Progress for the panel's bar and the status bar (window manager data: no undo steps)."""
-    state = getattr(context.window_manager, "sam3d_refine", None)
-    if state is not None:
-        state.running = running
-        state.progress = min(max(progress, 0.0), 1.0)
-        state.status = status
-    workspace = getattr(context, "workspace", None)
-    if workspace is not None:
-        workspace.status_text_set(f"Refine {progress:.0%}: {status}   (Esc: cancel)" if running else None)
-
-
-class SAM3D_OT_refine(bpy.types.Operator):
+class SAM3D_OT_refine(Sam3DModalJob, bpy.types.Operator):
     """Refine the scene's layout (and materials, lights) with the built-in policy or a VLM"""
 
     bl_idname = "sam3d.refine"
@@ -279,8 +261,8 @@ class SAM3D_OT_refine(bpy.types.Operator):
     # a re-run from the redo panel is blocking
     run_modal: BoolProperty(name="Run Modal", default=False, options={"HIDDEN", "SKIP_SAVE"})
 
-    _timer = None
-    _job = None
+    job_label = "Refine"
+    job_state_attr = "sam3d_refine"
 
     @classmethod
     def poll(cls, context):
@@ -298,7 +280,6 @@ class SAM3D_OT_refine(bpy.types.Operator):
         self.run_modal = not self.blocking
         return context.window_manager.invoke_props_dialog(self)
 
-    # -- shared -------------------------------------------------------------------------------
     def _prepare(self, context):
         """Scene snapshot, masks and policy, on the main thread.  None (reported) on error."""
         scene = context.scene
@@ -333,65 +314,14 @@ class SAM3D_OT_refine(bpy.types.Operator):
                               f"{result.final.score:.3f} ({result.stop_reason}).")
         return {"FINISHED"}
 
-    # -- blocking path --------------------------------------------------------------------------
+    def _step(self, context, job) -> str:
+        return job.step()  # applies kept rounds / renders views for the worker on the main thread
+
     def execute(self, context):
         if self.run_modal and not self.blocking and not bpy.app.background and context.window is not None:
             self.run_modal = False  # the redo panel re-runs blocking
-            if not self._start_job(context):
-                return {"CANCELLED"}
-            context.window_manager.modal_handler_add(self)
-            return {"RUNNING_MODAL"}
-        job = self._prepare(context)
-        if job is None:
-            return {"CANCELLED"}
-        job.run_blocking()
-        return self._finish(context, job.step(), job)
-
-    # -- asynchronous path ----------------------------------------------------------------------
-    def _start_job(self, context) -> bool:
-        """Snapshot the scene, start the worker thread and the polling timer."""
-        job = self._prepare(context)
-        if job is None:
-            return False
-        self._job = job
-        job.start()
-        _set_refine_state(context, True, 0.0, "Starting")
-        self._timer = context.window_manager.event_timer_add(0.1, window=context.window)
-        _redraw(context)
-        return True
-
-    def _poll_worker(self, context):
-        """Timer step: apply kept rounds / render views for the worker, publish progress, finish."""
-        state = self._job.step()
-        if state == "RUNNING":
-            fraction, text = self._job.progress()
-            _set_refine_state(context, True, fraction, text)
-            _redraw(context)
-            return {"RUNNING_MODAL"}
-        self._cleanup(context)
-        return self._finish(context, state, self._job)
-
-    def modal(self, context, event):
-        if event.type == "ESC" and event.value == "PRESS":
-            self._job.cancel()
-            return self._poll_worker(context)
-        if event.type == "TIMER":
-            return self._poll_worker(context)
-        return {"PASS_THROUGH"}
-
-    def cancel(self, context):
-        # Called by Blender when the modal operator is aborted (e.g. a file is loaded).
-        if self._job is not None:
-            self._job.cancel()
-            self._job.step()
-        self._cleanup(context)
-
-    def _cleanup(self, context):
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
-        _set_refine_state(context, False)
-        _redraw(context)
+            return self._run_modal(context)
+        return self._run_blocking(context)
 
 
 class SAM3D_OT_refine_cancel(bpy.types.Operator):

@@ -6,30 +6,10 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from ..sam3d_addon.errors import Sam3DError
 from . import job as job_mod
-
-_REDRAW_SPACES = {"IMAGE_EDITOR", "VIEW_3D"}
-
-
-def _redraw(context) -> None:
-    wm = context.window_manager
-    for window in wm.windows:
-        for area in window.screen.areas:
-            if area.type in _REDRAW_SPACES:
-                area.tag_redraw()
+from .modal import Sam3DModalJob
 
 
-def _set_job_state(context, running: bool, progress: float = 0.0, status: str = "") -> None:
-    """Progress for the panel's bar and the status bar (window manager data: no undo steps)."""
-    state = context.window_manager.sam3d_job
-    state.running = running
-    state.progress = min(max(progress, 0.0), 1.0)
-    state.status = status
-    workspace = getattr(context, "workspace", None)
-    if workspace is not None:
-        workspace.status_text_set(f"3Dfy {state.progress:.0%}: {status}   (Esc: cancel)" if running else None)
-
-
-class SAM3D_OT_threedfy(bpy.types.Operator):
+class SAM3D_OT_threedfy(Sam3DModalJob, bpy.types.Operator):
     """3Dfy the masked objects of the photo: meshes, poses and the matched camera"""
 
     bl_idname = "sam3d.threedfy"
@@ -51,8 +31,9 @@ class SAM3D_OT_threedfy(bpy.types.Operator):
         description="auto, cpu or cuda, overriding the scene setting",
     )
 
-    _timer = None
-    _job = None
+    job_label = "3Dfy"
+    job_state_attr = "sam3d_job"
+    cancel_keys = frozenset({"ESC", "RIGHTMOUSE"})
 
     @classmethod
     def poll(cls, context):
@@ -61,7 +42,6 @@ class SAM3D_OT_threedfy(bpy.types.Operator):
             return False
         return context.scene is not None and hasattr(context.scene, "sam3d")
 
-    # -- shared -------------------------------------------------------------------------------
     def _prepare(self, context):
         """Inputs to NumPy and the pipeline, on the main thread.  None (reported) on error."""
         try:
@@ -72,7 +52,8 @@ class SAM3D_OT_threedfy(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return None
         return job_mod.ThreeDfyJob(pipe, inputs, steps=opts["steps"], seed=opts["seed"],
-                                   keep_loaded=opts["keep_loaded"], scene_name=context.scene.name)
+                                   keep_loaded=opts["keep_loaded"], scene_name=context.scene.name,
+                                   run_options=opts["run_options"])
 
     def _finish(self, context, state: str, job) -> set:
         for text in job.notices:
@@ -83,67 +64,16 @@ class SAM3D_OT_threedfy(bpy.types.Operator):
         self.report({"WARNING"} if state == "CANCELLED" else {"ERROR"}, job.message)
         return {"CANCELLED"}
 
-    # -- blocking path --------------------------------------------------------------------------
-    def execute(self, context):
-        job = self._prepare(context)
-        if job is None:
-            return {"CANCELLED"}
-        job.run_blocking()
-        return self._finish(context, job.poll_worker(context), job)
+    def _step(self, context, job) -> str:
+        return job.poll_worker(context)  # builds the result on the main thread once the worker is done
 
-    # -- asynchronous path --------------------------------------------------------------------
+    def execute(self, context):
+        return self._run_blocking(context)
+
     def invoke(self, context, event):
         if self.blocking or bpy.app.background:
             return self.execute(context)
-        if not self._start_job(context):
-            return {"CANCELLED"}
-        context.window_manager.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def _start_job(self, context) -> bool:
-        """Gather inputs, start the worker thread and the polling timer."""
-        job = self._prepare(context)
-        if job is None:
-            return False
-        self._job = job
-        job.start()
-        _set_job_state(context, True, 0.0, "Starting")
-        self._timer = context.window_manager.event_timer_add(0.1, window=context.window)
-        _redraw(context)
-        return True
-
-    def _poll_worker(self, context):
-        """Timer step: publish progress; when the worker is done, build and finish."""
-        state = self._job.poll_worker(context)
-        if state == "RUNNING":
-            fraction, text = self._job.progress()
-            _set_job_state(context, True, fraction, text)
-            _redraw(context)
-            return {"RUNNING_MODAL"}
-        self._cleanup(context)
-        return self._finish(context, state, self._job)
-
-    def modal(self, context, event):
-        if event.type in {"ESC", "RIGHTMOUSE"} and event.value == "PRESS":
-            self._job.cancel()
-            return self._poll_worker(context)
-        if event.type == "TIMER":
-            return self._poll_worker(context)
-        return {"PASS_THROUGH"}
-
-    def cancel(self, context):
-        # Called by Blender when the modal operator is aborted (e.g. a file is loaded).
-        if self._job is not None:
-            self._job.cancel()
-            self._job.poll_worker(context)
-        self._cleanup(context)
-
-    def _cleanup(self, context):
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
-        _set_job_state(context, False)
-        _redraw(context)
+        return self._run_modal(context)
 
 
 class SAM3D_OT_cancel(bpy.types.Operator):

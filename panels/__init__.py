@@ -52,6 +52,12 @@ def draw_sam3d(layout, context) -> None:
     sub.prop(settings, "device")
     sub.prop(settings, "steps")
     sub.prop(settings, "seed")
+    sub.prop(settings, "output")
+    texture = sub.column(heading="Texture")
+    texture.prop(settings, "bake_texture", text="Bake")
+    projection = texture.row()
+    projection.active = settings.bake_texture  # the photo is projected into the baked texture
+    projection.prop(settings, "photo_projection")
 
     col.separator()
     if state.running:

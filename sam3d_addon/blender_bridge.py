@@ -31,6 +31,15 @@ def _as_matrix(m):
     return Matrix(np.asarray(m, dtype=np.float64).reshape(4, 4).tolist())
 
 
+def degenerate_faces(faces) -> np.ndarray:
+    """[F] bool: the polygons that use a vertex twice (degenerate marching-cubes triangles), which
+    `mesh_from_numpy` drops."""
+    faces = np.asarray(faces)
+    if faces.ndim != 2 or faces.shape[0] == 0 or faces.shape[1] < 2:
+        return np.zeros(faces.shape[0] if faces.ndim else 0, bool)
+    return (np.diff(np.sort(faces, axis=1), axis=1) == 0).any(axis=1)
+
+
 def mesh_from_numpy(name: str, vertices, faces, colors=None, smooth: bool = True) -> "bpy.types.Mesh":
     """A new mesh datablock from NumPy arrays, written with foreach_set only.
 
@@ -49,7 +58,7 @@ def mesh_from_numpy(name: str, vertices, faces, colors=None, smooth: bool = True
     if n_faces and k > 1:
         # A polygon using a vertex twice (degenerate marching-cubes triangles) makes an invalid
         # Blender mesh; drop those here in NumPy instead of running mesh.validate().
-        degenerate = (np.diff(np.sort(faces, axis=1), axis=1) == 0).any(axis=1)
+        degenerate = degenerate_faces(faces)
         if degenerate.any():
             faces = faces[~degenerate]
             n_faces = len(faces)
@@ -231,6 +240,7 @@ def _remove_ids(ids) -> None:
                 bpy.types.Object: bpy.data.objects, bpy.types.Mesh: bpy.data.meshes,
                 bpy.types.Camera: bpy.data.cameras, bpy.types.Material: bpy.data.materials,
                 bpy.types.Image: bpy.data.images, bpy.types.Collection: bpy.data.collections,
+                bpy.types.PointCloud: bpy.data.pointclouds, bpy.types.GeometryNodeTree: bpy.data.node_groups,
             }[type(idb)]
         except (KeyError, ReferenceError):
             continue
@@ -244,11 +254,15 @@ def build_result(result, context=None, collection_name: str | None = None, *,
                  photo_image=None, set_scene_camera: bool = True) -> "bpy.types.Collection":
     """Build a 3Dfy result into one new collection of the scene; return the collection.
 
-    One mesh object per ObjectResult (named after its mask, matrix_world from the result, flat
-    grey or vertex-colour material) and the matched camera (lens, sensor, the photo as its
-    background image), made the scene camera with the render resolution of the photo.
-    `photo_image` (a bpy Image) is used as the background instead of loading the photo again.
-    On any failure nothing is left behind and the exception propagates.
+    One mesh object per ObjectResult (named after its mask, matrix_world from the result) with its
+    own Principled BSDF material wired to the baked texture (an Image Texture node reading the
+    packed image, through the UV map) when the result has `texture` and `uvs`, else the shared
+    colour-attribute material when it has `colors`, else flat grey; a Gaussians point cloud
+    ("<name> Gaussians (points)", `gaussians_point_cloud`) per object with `gaussians` -- for a
+    result of `output == "gaussians"` instead of the mesh, else beside it; and the matched camera
+    (lens, sensor, the photo as its background image), made the scene camera with the render
+    resolution of the photo.  `photo_image` (a bpy Image) is used as the background instead of
+    loading the photo again.  On any failure nothing is left behind and the exception propagates.
     """
     import os
 
@@ -270,18 +284,17 @@ def build_result(result, context=None, collection_name: str | None = None, *,
         collection[RESULT_PROP] = True
         scene.collection.children.link(collection)
 
+        points_only = getattr(result, "output", "mesh") == "gaussians"
         for obj_res in result.objects:
-            colors = getattr(obj_res, "colors", None)
-            mesh = mesh_from_numpy(obj_res.name, obj_res.vertices, obj_res.faces, colors=colors)
-            created.append(mesh)
-            mesh.materials.append(_material(colors is not None, created))
-            ob = bpy.data.objects.new(obj_res.name, mesh)
-            created.append(ob)
-            ob[RESULT_PROP] = True
-            if getattr(obj_res, "mask", None):
-                ob["sam3d_mask"] = str(obj_res.mask)
-            collection.objects.link(ob)
-            ob.matrix_world = _as_matrix(obj_res.matrix_world)
+            gaussians = getattr(obj_res, "gaussians", None)
+            if not (points_only and gaussians is not None):
+                _build_mesh_object(obj_res, collection, created)
+            if gaussians is not None:
+                pts = gaussians_point_cloud(obj_res.name, gaussians, obj_res.matrix_world, collection,
+                                            created=created)
+                pts[RESULT_PROP] = True
+                if getattr(obj_res, "mask", None):
+                    pts["sam3d_mask"] = str(obj_res.mask)
 
         cam_data = bpy.data.cameras.new(f"{collection_name} camera")
         created.append(cam_data)
@@ -319,6 +332,38 @@ def build_result(result, context=None, collection_name: str | None = None, *,
     return collection
 
 
+def _build_mesh_object(obj_res, collection, created: list):
+    """One result mesh object with its material (see build_result); IDs made go into `created`."""
+    texture, uvs = getattr(obj_res, "texture", None), getattr(obj_res, "uvs", None)
+    textured = texture is not None and uvs is not None
+    # A textured mesh carries no colour attribute: glTF viewers multiply COLOR_0 into the texture.
+    colors = None if textured else getattr(obj_res, "colors", None)
+    mesh = mesh_from_numpy(obj_res.name, obj_res.vertices, obj_res.faces, colors=colors)
+    created.append(mesh)
+    ob = bpy.data.objects.new(obj_res.name, mesh)
+    created.append(ob)
+    ob[RESULT_PROP] = True
+    if getattr(obj_res, "mask", None):
+        ob["sam3d_mask"] = str(obj_res.mask)
+    collection.objects.link(ob)
+    ob.matrix_world = _as_matrix(obj_res.matrix_world)
+    if textured:
+        faces = np.asarray(obj_res.faces)
+        uvs = np.asarray(uvs, dtype=np.float32).reshape(-1, 2)
+        dropped = degenerate_faces(faces)
+        if dropped.any() and len(uvs) == faces.size:  # per-corner UVs of the faces mesh_from_numpy dropped
+            uvs = uvs.reshape(len(faces), -1, 2)[~dropped].reshape(-1, 2)
+        before = (set(bpy.data.images), set(bpy.data.materials))
+        try:
+            apply_texture(ob, uvs, texture, name=obj_res.name)
+        finally:
+            created.extend(i for i in bpy.data.images if i not in before[0])
+            created.extend(m for m in bpy.data.materials if m not in before[1])
+    else:
+        mesh.materials.append(_material(colors is not None, created))
+    return ob
+
+
 def remove_collection(collection) -> None:
     """Remove a result collection: its objects (recursively), their now-unused data, itself."""
     def walk(coll):
@@ -332,6 +377,10 @@ def remove_collection(collection) -> None:
     materials = {slot.material for ob in objects for slot in ob.material_slots if slot.material}
     images = {bg.image for ob in objects if ob.type == "CAMERA"
               for bg in ob.data.background_images if bg.image is not None}
+    images |= {node.image for mat in materials if mat.node_tree is not None
+               for node in mat.node_tree.nodes if node.type == "TEX_IMAGE" and node.image is not None}
+    groups = {mod.node_group for ob in objects for mod in ob.modifiers
+              if mod.type == "NODES" and mod.node_group is not None}
     for scene in bpy.data.scenes:
         if scene.camera in objects:
             scene.camera = None
@@ -343,6 +392,11 @@ def remove_collection(collection) -> None:
                 bpy.data.meshes.remove(data)
             elif isinstance(data, bpy.types.Camera):
                 bpy.data.cameras.remove(data)
+            elif isinstance(data, bpy.types.PointCloud):
+                bpy.data.pointclouds.remove(data)
+    for group in groups:
+        if group.users == 0:
+            bpy.data.node_groups.remove(group)
     for mat in materials:
         if mat.users == 0:
             bpy.data.materials.remove(mat)
@@ -366,7 +420,7 @@ def reset_to_empty_scene() -> "bpy.types.Scene":
     ids = []
     for coll in (bpy.data.objects, bpy.data.collections, bpy.data.meshes, bpy.data.cameras,
                  bpy.data.lights, bpy.data.materials, bpy.data.images, bpy.data.curves,
-                 bpy.data.node_groups, bpy.data.textures, bpy.data.actions):
+                 bpy.data.node_groups, bpy.data.textures, bpy.data.actions, bpy.data.pointclouds):
         ids.extend(i for i in coll if i.library is None)
     if ids:
         bpy.data.batch_remove(ids)
@@ -546,10 +600,13 @@ def render_png(path: str, engine: str = "CYCLES", samples: int = 16, scene=None,
             c.use_denoising = False
             c.use_adaptive_sampling = False
         elif engine == "BLENDER_WORKBENCH":
-            has_colors = any(ob.type == "MESH" and len(ob.data.color_attributes)
-                             for ob in scene.objects if ob.visible_get())
+            shown = [ob for ob in scene.objects if ob.type == "MESH" and ob.visible_get()]
+            has_texture = any(slot.material is not None and slot.material.node_tree is not None
+                              and any(n.type == "TEX_IMAGE" for n in slot.material.node_tree.nodes)
+                              for ob in shown for slot in ob.material_slots)
+            has_colors = any(len(ob.data.color_attributes) for ob in shown)
             shading.light = "STUDIO"
-            shading.color_type = "VERTEX" if has_colors else "MATERIAL"
+            shading.color_type = "TEXTURE" if has_texture else "VERTEX" if has_colors else "MATERIAL"
         r.filepath = raw_path
         bpy.ops.render.render(write_still=True, scene=scene.name)
 
@@ -1446,5 +1503,164 @@ def apply_vertex_colors(obj, colors, name: str | None = None) -> "bpy.types.Mate
     _texture_assign(obj, mat)
     mesh.update()
     return mat
+
+# -- Gaussians as a point cloud -----------------------------------------------------------------
+
+GAUSSIANS_LABEL = "Gaussians (points)"
+GAUSSIANS_KIND_PROP = "sam3d_kind"  # "gaussians" on the point-cloud objects
+GAUSSIANS_MATERIAL_PREFIX = "SAM3D Gaussians"
+GAUSSIANS_NODE_GROUP = "SAM3D Gaussians to Points"
+
+
+def _gaussian_arrays(gaussians) -> dict:
+    """The Gaussians as float32 arrays of one length N; ValueError (nothing created) otherwise."""
+    want = {"xyz": 3, "scales": 3, "rotations": 4, "opacities": 1, "colors": 3}
+    missing = [k for k in want if k not in gaussians]
+    if missing:
+        raise ValueError(f"gaussians lack {', '.join(missing)}")
+    xyz = np.asarray(gaussians["xyz"], dtype=np.float32)
+    if xyz.ndim != 2 or xyz.shape[1] != 3:
+        raise ValueError(f"gaussians xyz must be (N,3), got shape {xyz.shape}")
+    n = len(xyz)
+    out = {"xyz": xyz}
+    for key, k in want.items():
+        if key == "xyz":
+            continue
+        arr = np.asarray(gaussians[key], dtype=np.float32)
+        if key == "opacities" and arr.ndim == 1:
+            arr = arr[:, None]
+        if key == "colors" and arr.ndim == 2 and arr.shape[1] == 4:
+            arr = arr[:, :3]
+        if arr.shape != (n, k):
+            raise ValueError(f"gaussians {key} must be ({n},{k}) like xyz, got shape {arr.shape}")
+        out[key] = arr
+    return out
+
+
+def _points_material(label: str, mean_color) -> "bpy.types.Material":
+    """Principled BSDF whose Base Color reads the points' `Color` attribute (Attribute node)."""
+    mat = principled_material(f"{GAUSSIANS_MATERIAL_PREFIX} {label}", mean_color)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    attr = nodes.new("ShaderNodeAttribute")
+    attr.attribute_type = "GEOMETRY"
+    attr.attribute_name = COLOR_ATTRIBUTE
+    attr.location = (bsdf.location.x - 300, bsdf.location.y)
+    links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def _convert_to_pointcloud(ob) -> bool:
+    """Turn a vertex-only mesh object into a PointCloud object in place (attributes kept) with
+    Blender's Convert operator; the mesh is removed.  False when the operator cannot run here
+    (e.g. an old Blender, or a context it refuses): the mesh is left as it was."""
+    mesh = ob.data
+    vl = bpy.context.view_layer
+    if ob.name not in vl.objects:
+        return False
+    try:
+        with _Selection([ob]):
+            vl.objects.active = ob
+            with bpy.context.temp_override(active_object=ob, object=ob, selected_objects=[ob],
+                                           selected_editable_objects=[ob]):
+                done = bpy.ops.object.convert(target="POINTCLOUD") == {"FINISHED"}
+    except (RuntimeError, TypeError, AttributeError):
+        done = False
+    if not done or ob.type != "POINTCLOUD":
+        return False
+    if mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
+    internal = ob.data.attributes.get(".select_vert")
+    if internal is not None:
+        ob.data.attributes.remove(internal)
+    return True
+
+
+def _mesh_to_points_group(material) -> "bpy.types.GeometryNodeTree":
+    """Geometry Nodes: Mesh to Points with each point's radius from the `radius` attribute, and
+    `material` on the points (Mesh to Points does not carry the mesh's material over)."""
+    group = bpy.data.node_groups.new(GAUSSIANS_NODE_GROUP, "GeometryNodeTree")
+    group.interface.new_socket(name="Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket(name="Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = group.nodes, group.links
+    gin, gout = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    to_points = nodes.new("GeometryNodeMeshToPoints")
+    radius = nodes.new("GeometryNodeInputNamedAttribute")
+    radius.data_type = "FLOAT"
+    radius.inputs["Name"].default_value = "radius"
+    set_material = nodes.new("GeometryNodeSetMaterial")
+    set_material.inputs["Material"].default_value = material
+    gin.location, radius.location, to_points.location = (-400, 0), (-400, -150), (-150, 0)
+    set_material.location, gout.location = (50, 0), (250, 0)
+    links.new(gin.outputs["Geometry"], to_points.inputs["Mesh"])
+    links.new(radius.outputs["Attribute"], to_points.inputs["Radius"])
+    links.new(to_points.outputs["Points"], set_material.inputs["Geometry"])
+    links.new(set_material.outputs["Geometry"], gout.inputs["Geometry"])
+    return group
+
+
+def gaussians_point_cloud(name: str, gaussians, matrix_world=None, collection=None, *,
+                          created: list | None = None, pointcloud: bool = True) -> "bpy.types.Object":
+    """Import one object's 3D Gaussians as a labelled point-cloud object, "<name> Gaussians (points)".
+
+    gaussians: texture.stage.GAUSSIAN_KEYS -> arrays, xyz [N,3] in the object's canonical frame
+    (matrix_world places it, like the mesh), scales [N,3], rotations [N,4] (w, x, y, z), opacities
+    [N] or [N,1], colors [N,3] in [0,1] (sRGB).  Each Gaussian is one point with the attributes
+    `Color` (float colour, alpha = opacity), `opacity`, `radius` (the mean of its three scales: the
+    drawn sphere), `scale` and `rotation`; a material wires `Color` to the Principled BSDF's Base
+    Color, so Cycles and EEVEE renders show the colours.  These are points, not splats: Blender
+    has no Gaussian-splat renderer; the .ply file is the faithful copy.
+
+    The object holds a real PointCloud data-block (made by converting a vertex-only mesh with
+    Blender's Convert operator, since a new PointCloud cannot be resized from Python); where that
+    operator cannot run, or with pointcloud=False, it keeps the vertex-only mesh and a Geometry
+    Nodes "Mesh to Points" modifier draws the points instead.  Custom property `sam3d_kind` =
+    "gaussians".  `collection` defaults to the scene collection.  IDs made are appended to
+    `created` (when given); on failure, without `created`, they are removed again.
+    """
+    g = _gaussian_arrays(gaussians)
+    n = len(g["xyz"])
+    made = created if created is not None else []
+    label = f"{name} {GAUSSIANS_LABEL}"
+    try:
+        mesh = bpy.data.meshes.new(label)
+        made.append(mesh)
+        mesh.vertices.add(n)
+        mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(g["xyz"]).reshape(-1))
+        rgba = np.concatenate([np.clip(g["colors"], 0.0, 1.0), np.clip(g["opacities"], 0.0, 1.0)], axis=1)
+        attrs = mesh.attributes
+        attrs.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT").data.foreach_set(
+            "color_srgb", np.ascontiguousarray(rgba).reshape(-1))
+        attrs.new("opacity", "FLOAT", "POINT").data.foreach_set("value", np.ascontiguousarray(g["opacities"][:, 0]))
+        attrs.new("radius", "FLOAT", "POINT").data.foreach_set(
+            "value", np.ascontiguousarray(np.abs(g["scales"]).mean(axis=1)))
+        attrs.new("scale", "FLOAT_VECTOR", "POINT").data.foreach_set(
+            "vector", np.ascontiguousarray(g["scales"]).reshape(-1))
+        attrs.new("rotation", "QUATERNION", "POINT").data.foreach_set(
+            "value", np.ascontiguousarray(g["rotations"]).reshape(-1))
+        mesh.update()
+        ob = bpy.data.objects.new(label, mesh)
+        made.append(ob)
+        ob[GAUSSIANS_KIND_PROP] = "gaussians"
+        (collection or bpy.context.scene.collection).objects.link(ob)
+        if matrix_world is not None:
+            ob.matrix_world = _as_matrix(matrix_world)
+        bpy.context.view_layer.update()
+        mat = _points_material(name, rgba[:, :3].mean(axis=0) if n else (0.6, 0.6, 0.6))
+        made.append(mat)
+        if pointcloud and _convert_to_pointcloud(ob):  # the mesh is gone; the PointCloud replaces it
+            made[:] = [idb for idb in made if idb is not mesh]
+            made.append(ob.data)
+        else:
+            mod = ob.modifiers.new("Gaussians to Points", "NODES")
+            mod.node_group = _mesh_to_points_group(mat)
+            made.append(mod.node_group)
+        ob.data.materials.clear()
+        ob.data.materials.append(mat)
+    except BaseException:
+        if created is None:
+            _remove_ids(made)
+        raise
+    return ob
 
 # (end of section D)

@@ -25,6 +25,8 @@ from .sampler import FlowSampler, initial_noise
 
 # The Blender camera's sensor width; the lens is derived from the focal length in pixels.
 SENSOR_WIDTH_MM = 36.0
+# Baked texture sizes run() accepts (pixels per side).
+TEXTURE_SIZE_RANGE = (64, 8192)
 
 ProgressFn = Callable[[float, str], None]
 
@@ -42,6 +44,8 @@ class ObjectResult:
     occupancy: np.ndarray  # [R,R,R] bool
     colors: np.ndarray | None = None  # [V,3|4] float32 in [0,1], when a texture stage ran
     gaussians: dict | None = None  # texture.stage.GAUSSIAN_KEYS -> arrays (canonical frame)
+    uvs: np.ndarray | None = None  # [F*3,2] float32 per face corner (faces in order, v up), when baked
+    texture: np.ndarray | None = None  # [S,S,3] float32 sRGB in [0,1], row 0 at the top, when baked
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Result:
     camera: CameraResult
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    output: str = "mesh"  # what run() was asked for: "mesh", "gaussians" or "both"
 
 
 def _sampler_from_card(card: ModelCard, steps: int | None, cfg_strength: float | None,
@@ -153,7 +158,9 @@ class Sam3DPipeline:
     def run(self, image, masks, names: list[str] | None = None, steps: int | None = None,
             seed: int | None = 0, cfg_strength: float | None = None,
             progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
-            shortcut: bool | None = None, fit_layout: bool = False, output: str = "mesh") -> Result:
+            shortcut: bool | None = None, fit_layout: bool = False, output: str = "mesh",
+            bake: bool = True, photo_projection: bool = False, delight: float = 0.0,
+            texture_size: int = 512) -> Result:
         """3Dfy every mask of a photo.  Validates all inputs before any model work.
 
         `fit_layout` runs the layout post-optimisation (`refine.layout`, off by default as in the
@@ -165,11 +172,32 @@ class Sam3DPipeline:
         `output`: "mesh", "gaussians" or "both".  With a texture stage the mesh is its refined,
         coloured mesh (2x the occupancy resolution) and the Gaussians come from it too; without one
         the mesh is the grey occupancy surface and Gaussians cannot be made.
+
+        `bake` (on by default): once the poses are final (after the layout fit), every coloured mesh
+        is UV-unwrapped (xatlas) and its vertex colours baked into a `texture_size`^2 texture
+        (`ObjectResult.uvs` / `.texture`; `.colors` stays the model's).  `photo_projection` (off by
+        default) also takes the visible side's colours from the photo, optionally de-lit with
+        `delight` strength in [0, 1]; see `texture.bake.bake_object_texture`.  It is off because it
+        is only as good as the pose: projected photo pixels land on the surface the pose puts
+        there, and the tiny geometry model's silhouettes overlap their masks poorly (IoU ~0.2), so
+        with it the photo would be painted onto the wrong parts of the mesh.
         """
         if output not in ("mesh", "gaussians", "both"):
             raise InputError(f"output must be mesh, gaussians or both, not {output!r}.")
         if output != "mesh" and self.texture_model is None:
             raise InputError("Gaussians need a texture model; none is installed (use output 'mesh').")
+        try:
+            delight = float(delight)
+            texture_size = int(texture_size)
+        except (TypeError, ValueError):
+            raise InputError("delight must be a number in [0, 1] and texture_size a whole number of pixels.") from None
+        if not 0.0 <= delight <= 1.0:
+            raise InputError(f"delight strength must be in [0, 1], not {delight:g}.")
+        lo, hi = TEXTURE_SIZE_RANGE
+        if not lo <= texture_size <= hi:
+            raise InputError(f"texture size must be {lo} to {hi} pixels, not {texture_size}.")
+        if bake and photo_projection and self.texture_model is None:
+            raise InputError("Photo projection needs the texture stage; no texture model is installed or it is off.")
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         photo = read_photo(image)
@@ -184,7 +212,10 @@ class Sam3DPipeline:
         camera, scene_scale = self.match_camera(photo)
         objects = []
         n = len(mask_arrays)
-        span = 0.9 if fit_layout else 1.0  # the last tenth of the bar is the layout fit
+        # The bar: sampling, then the layout fit (a tenth), then baking (a twentieth).
+        bake_share = 0.05 if bake and self.texture_model is not None and output != "gaussians" else 0.0
+        layout_share = 0.1 if fit_layout else 0.0
+        span = 1.0 - layout_share - bake_share
         for i, (mask, name, src) in enumerate(zip(mask_arrays, names, masks)):
             def step_progress(k, total, i=i):
                 if progress:
@@ -223,7 +254,7 @@ class Sam3DPipeline:
             ))
         if fit_layout and objects:
             if progress:
-                progress(0.92, "fitting the layout to the masks")
+                progress(span + 0.2 * layout_share, "fitting the layout to the masks")
             from .refine.layout import fit_layout as fit
 
             t_fit = time.perf_counter()
@@ -233,10 +264,36 @@ class Sam3DPipeline:
                     o.matrix_world = fitted[o.name]
                     o.rotation, o.translation, o.scale = pose_mod.object_matrix_to_camera_pose(o.matrix_world, camera.matrix_world)
             timings["layout"] = time.perf_counter() - t_fit
+        if bake:
+            self._bake(objects, mask_arrays, photo, camera, photo_projection, delight, texture_size,
+                       progress, cancel, 1.0 - bake_share, timings)
         if progress:
             progress(1.0, "done")
         timings["total"] = time.perf_counter() - t_start
-        return Result(objects=objects, camera=camera, timings=timings, device=self.device)
+        return Result(objects=objects, camera=camera, timings=timings, device=self.device, output=output)
+
+    @staticmethod
+    def _bake(objects, mask_arrays, photo, camera, photo_projection, delight, texture_size, progress, cancel,
+              start, timings) -> None:
+        """The bake step: UVs + a texture for every coloured mesh, with the final poses."""
+        from .texture.bake import bake_object_texture
+
+        todo = [(o, m) for o, m in zip(objects, mask_arrays) if o.colors is not None and len(o.faces)]
+        # The focal length in pixels the camera was matched with (lens_mm = f_px * sensor / longer side).
+        focal_px = camera.lens_mm * max(camera.resolution) / camera.sensor_width_mm
+        for k, (o, mask) in enumerate(todo):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            if progress:
+                progress(start + (1.0 - start) * k / len(todo), f"{o.name}: baking texture")
+            t0 = time.perf_counter()
+            projection = {}
+            if photo_projection:
+                projection = dict(photo=photo.rgb, mask=mask, rotation=o.rotation, translation=o.translation,
+                                  scale=o.scale, focal_px=focal_px, delight_strength=delight)
+            baked = bake_object_texture(o.vertices, o.faces, o.colors, texture_size, **projection)
+            o.uvs, o.texture = baked.uvs, baked.texture
+            timings["bake"] = timings.get("bake", 0.0) + time.perf_counter() - t0
 
     def match_camera(self, photo: Photo) -> tuple[CameraResult, float]:
         """The Blender camera for the photo and the scene scale that goes with its focal length."""

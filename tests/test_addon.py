@@ -99,6 +99,9 @@ def scene(addon, tmp_path):
     sc.sam3d.device = "DEFAULT"
     sc.sam3d.steps = 0
     sc.sam3d.seed = 0
+    sc.sam3d.output = "MESH"
+    sc.sam3d.bake_texture = True
+    sc.sam3d.photo_projection = False
     yield sc
     running = addon.job.active_job()
     if running is not None:
@@ -372,6 +375,26 @@ def test_3dfy_builds_objects_collection_and_camera(addon, scene, tmp_path):
     assert (scene.render.resolution_x, scene.render.resolution_y) == (W, H)
 
 
+def test_3dfy_passes_output_and_texture_settings_to_the_pipeline(addon, scene, tmp_path):
+    class OptionsPipeline(FakePipeline):  # a pipeline whose run takes the texture options
+        def run(self, image, masks, names=None, steps=None, seed=0, cfg_strength=None, progress=None, cancel=None,
+                output="mesh", bake=True, photo_projection=False):
+            result = super().run(image, masks, names, steps, seed, cfg_strength, progress, cancel)
+            self.calls[-1].update(output=output, bake=bake, photo_projection=photo_projection)
+            return result
+
+    fake = OptionsPipeline(addon.errors)
+    addon.job.PIPELINE_FACTORY = lambda model, device, notice=None: fake
+    set_inputs(scene, tmp_path)
+    assert run_op() == {"FINISHED"}
+    assert {k: fake.calls[-1][k] for k in ("output", "bake", "photo_projection")} == \
+        {"output": "mesh", "bake": True, "photo_projection": False}  # the defaults
+    scene.sam3d.output, scene.sam3d.bake_texture, scene.sam3d.photo_projection = "BOTH", False, True
+    assert run_op() == {"FINISHED"}
+    assert {k: fake.calls[-1][k] for k in ("output", "bake", "photo_projection")} == \
+        {"output": "both", "bake": False, "photo_projection": True}
+
+
 def test_3dfy_is_one_undo_step(addon, scene, tmp_path):
     use_fake(addon)
     set_inputs(scene, tmp_path, masks={"chair": mask_array(), "lamp": mask_array((5, 90, 40, 120))})
@@ -439,8 +462,14 @@ class _OperatorStub:
 
     def __init__(self):
         cls = bpy.types.SAM3D_OT_threedfy
-        for name in ("_prepare", "_start_job", "_poll_worker", "_finish", "_cleanup", "modal", "cancel"):
-            setattr(self, name, types.MethodType(getattr(cls, name), self))
+        for klass in reversed(cls.__mro__):  # the operator's own methods and its Sam3DModalJob mixin's
+            if klass.__module__.startswith("bpy") or klass is object:
+                continue
+            for name, value in vars(klass).items():
+                if isinstance(value, types.FunctionType):
+                    setattr(self, name, types.MethodType(value, self))
+                elif not name.startswith(("__", "bl_")) and not isinstance(value, (classmethod, staticmethod)):
+                    setattr(self, name, value)
         self.model = self.device = ""
         self.blocking = False
         self._timer = self._job = None

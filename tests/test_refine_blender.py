@@ -255,8 +255,14 @@ class _RefineStub:
 
     def __init__(self, addon, **props):
         cls = addon.SAM3D_OT_refine
-        for name in ("_prepare", "_start_job", "_poll_worker", "_finish", "_cleanup", "modal", "cancel"):
-            setattr(self, name, types.MethodType(getattr(cls, name), self))
+        for klass in reversed(cls.__mro__):  # the operator's own methods and its Sam3DModalJob mixin's
+            if klass.__module__.startswith("bpy") or klass is object:
+                continue
+            for name, value in vars(klass).items():
+                if isinstance(value, types.FunctionType):
+                    setattr(self, name, types.MethodType(value, self))
+                elif not name.startswith(("__", "bl_")) and not isinstance(value, (classmethod, staticmethod)):
+                    setattr(self, name, value)
         defaults = dict(prompt="", policy="BUILTIN", rounds=3, candidates=4, vlm_url="", vlm_model="", log_dir="",
                         blocking=False, run_modal=False)
         for k, v in {**defaults, **props}.items():

@@ -69,6 +69,10 @@ def test_recorder_sees_the_idle_panel_with_real_values(fig, settings):
     assert props["steps"].display == "7" and props["seed"].display == "3"
     assert props["device"].display == bpy.types.UILayout.enum_item_name(settings, "device", settings.device)
     assert props["model"].display == "Default"
+    texture = {i.name: i for i in root.find("prop") if i.name in ("output", "bake_texture", "photo_projection")}
+    assert [(n, texture[n].display) for n in ("output", "bake_texture", "photo_projection")] == \
+        [("output", "Mesh"), ("bake_texture", True), ("photo_projection", False)]  # the defaults
+    assert texture["bake_texture"].heading == "Texture" and texture["photo_projection"].flags["active"]
 
     (masks,) = root.find("template_list")
     assert masks.name == "masks" and masks.length == 1 and masks.min_rows == 3

@@ -14,6 +14,9 @@ The pieces, in the order a texturing pass uses them:
 * `uv_unwrap` (xatlas) + `bake_vertex_colors` -- rasterise every triangle in UV space at pixel
   centres, interpolate the vertex colours barycentrically, then fill the texels no triangle covers
   with the nearest covered texel (gutters: no dark seams under filtering or mip-mapping).
+* `bake_object_texture(...)` -- the pipeline's bake step for one result object: unwrap + bake its
+  vertex colours, optionally with the visible side taken from the (de-lit) photo per vertex and
+  per texel, through the object's final pose.
 
 Camera convention: OpenCV (x right, y down, z forward), intrinsics K in pixels; a point in the
 PyTorch3D camera frame of the model (+x left, +y up, +z forward) maps to it with
@@ -272,6 +275,28 @@ def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
+def _masked_bilinear(image: np.ndarray, inside: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples from the pixels inside the mask only (the weights of the four neighbours
+    renormalised over those inside), so background colours do not bleed in at the mask's edge."""
+    h, w = image.shape[:2]
+    x = np.clip(xy[:, 0] - 0.5, 0, w - 1)
+    y = np.clip(xy[:, 1] - 0.5, 0, h - 1)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = x - x0, y - y0
+    total = np.zeros((len(xy), image.shape[2]))
+    weight = np.zeros(len(xy))
+    for yy, xx, wgt in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x1, fx * (1 - fy)),
+                        (y1, x0, (1 - fx) * fy), (y1, x1, fx * fy)):
+        wgt = wgt * inside[yy, xx]
+        total += image[yy, xx] * wgt[:, None]
+        weight += wgt
+    nearest = image[np.clip(np.floor(xy[:, 1]).astype(np.int64), 0, h - 1),
+                    np.clip(np.floor(xy[:, 0]).astype(np.int64), 0, w - 1)]
+    ok = weight > 1e-12
+    return np.where(ok[:, None], total / np.maximum(weight, 1e-12)[:, None], nearest)
+
+
 def project_photo_colors(vertices, faces, intrinsics, photo, mask=None, world_to_camera=None,
                          fallback=None, depth_tolerance: float = 0.02, min_facing: float = 0.0):
     """Colour the camera-visible vertices from the photo; the rest keep `fallback`.
@@ -337,3 +362,99 @@ def photo_vertex_colors(vertices, faces, rotation, translation, scale, focal_px:
     points = canonical_to_opencv_camera(vertices, rotation, translation, scale)
     return project_photo_colors(points, faces, pinhole_intrinsics(focal_px, width, height), image, mask,
                                 fallback=fallback)
+
+
+# -- one result object: vertex colours (+ the photo) -> UVs and a baked texture -------------------
+
+class BakedTexture:
+    """What `bake_object_texture` returns.
+
+    uvs [F * 3, 2] float32 per face corner (the mesh's faces in order, v up: what
+    `blender_bridge.apply_texture` takes); texture [S, S, 3] float32 sRGB in [0, 1], row 0 at the
+    top; colors [V, 3] the per-vertex colours that were baked (the model's, with the photo's where
+    the photo projection saw the vertex); visible [V] bool, the vertices the photo projection saw
+    (None without it); photo_texels [S, S] bool, the texels sampled straight from the photo.
+    """
+
+    __slots__ = ("uvs", "texture", "colors", "visible", "photo_texels")
+
+    def __init__(self, uvs, texture, colors, visible=None, photo_texels=None):
+        self.uvs, self.texture, self.colors = uvs, texture, colors
+        self.visible, self.photo_texels = visible, photo_texels
+
+
+def bake_object_texture(vertices, faces, colors, size: int = 512, *, photo=None, mask=None, rotation=None,
+                        translation=None, scale=None, focal_px: float | None = None,
+                        delight_strength: float = 0.0, depth_tolerance: float = 0.02) -> BakedTexture:
+    """UV-unwrap a coloured mesh (xatlas) and bake its colours into a size x size texture.
+
+    vertices [V, 3] (canonical object frame), faces [F, 3], colors [V, 3|4] float in [0, 1] (sRGB).
+    Without `photo` the texture is the vertex colours interpolated over each triangle.
+
+    With `photo` (HxWx3) and the object's final pose in the model camera frame (rotation, translation,
+    scale as `ObjectResult` stores them, `canonical_to_opencv_camera`) and the photo's focal length
+    in pixels, the visible side takes the photo's colours: vertices the camera sees inside `mask`
+    take them (`photo_vertex_colors`, the model colours are the fallback), and so does every texel
+    whose surface point is seen (in front, facing the camera, inside the photo and the mask, not
+    hidden behind the mesh itself: the same tests per texel), so the texture keeps the photo's
+    detail finer than the mesh.  `delight_strength` in [0, 1] de-lights the photo first (`delight`).
+    Texels no triangle covers take the nearest covered texel (gutters).
+    """
+    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    faces = np.asarray(faces, dtype=np.int64)
+    base = np.asarray(colors, dtype=np.float64)
+    size = int(size)
+    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+        raise ValueError(f"faces must be a non-empty (F,3) array, got shape {faces.shape}")
+    if int(faces.min()) < 0 or int(faces.max()) >= len(vertices):
+        raise ValueError(f"face indices out of range for {len(vertices)} vertices")
+    if base.ndim != 2 or len(base) != len(vertices) or base.shape[1] not in (3, 4):
+        raise ValueError(f"colors must be ({len(vertices)},3|4), got shape {base.shape}")
+    if size < 8:
+        raise ValueError(f"the texture size must be at least 8 pixels, got {size}")
+    base = np.clip(base[:, :3], 0.0, 1.0)
+    visible = image = None
+    if photo is not None:
+        if rotation is None or translation is None or scale is None or not focal_px:
+            raise ValueError("the photo projection needs the object's rotation, translation, scale and focal_px")
+        image = _as_float_image(photo)
+        if delight_strength:
+            image = delight(image, mask, strength=float(delight_strength))
+        base, visible = photo_vertex_colors(vertices, faces, rotation, translation, scale, focal_px, image, mask,
+                                            fallback=base)
+
+    vmapping, faces_uv, uvs = uv_unwrap(vertices, faces, texture_size=size)
+    pixel_xy = np.stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size], axis=1)
+    face, px, py, bary = rasterize(pixel_xy[faces_uv], size, size)
+    texture = np.zeros((size, size, 3))
+    covered = np.zeros((size, size), bool)
+    # vmapping[faces_uv] == faces: the UV triangles are the mesh triangles, in order.
+    texture[py, px] = np.einsum("pk,pkc->pc", bary, base[faces[face]])
+    covered[py, px] = True
+
+    photo_texels = None
+    if image is not None:
+        height, width = image.shape[:2]
+        inside_mask = _as_mask(mask, image.shape)
+        intrinsics = pinhole_intrinsics(focal_px, width, height)
+        points = canonical_to_opencv_camera(vertices, rotation, translation, scale)
+        corners = points[faces]
+        normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        surface = np.einsum("pk,pkc->pc", bary, corners[face])  # each texel's point, camera frame
+        to_camera = -surface / np.maximum(np.linalg.norm(surface, axis=1, keepdims=True), 1e-12)
+        facing = np.einsum("pc,pc->p", normals[face], to_camera) > 0.0
+        xy = project_points(surface, intrinsics)
+        ix, iy = np.floor(xy[:, 0]).astype(np.int64), np.floor(xy[:, 1]).astype(np.int64)
+        seen = (surface[:, 2] > 1e-6) & (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height) & facing
+        idx = np.nonzero(seen)[0]
+        zbuf = depth_buffer(points, faces, intrinsics, width, height)
+        depth = zbuf[iy[idx], ix[idx]]
+        seen[idx] = inside_mask[iy[idx], ix[idx]] & (
+            ~np.isfinite(depth) | (surface[idx, 2] <= depth * (1 + depth_tolerance)))
+        texture[py[seen], px[seen]] = _masked_bilinear(image, inside_mask, xy[seen])
+        photo_texels = np.zeros((size, size), bool)
+        photo_texels[py[seen], px[seen]] = True
+
+    texture = _fill_gutters(texture, covered)
+    return BakedTexture(loop_uvs(faces_uv, uvs).astype(np.float32), np.clip(texture, 0.0, 1.0).astype(np.float32),
+                        base.astype(np.float32), visible, photo_texels)

@@ -76,7 +76,7 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
 
 
 def bench_geometry_cli(args) -> dict:
-    return bench_geometry(model=args.model, data_dir=args.data, quick=args.quick)
+    return bench_geometry(model=args.model or "tiny", data_dir=args.data, quick=args.quick)
 
 
 def bench_geometry_stage(model: str = "tiny", data_dir: str | Path | None = None, repeats: int = 8) -> dict:

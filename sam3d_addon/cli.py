@@ -35,6 +35,17 @@ def _add_3dfy(sub):
     p.add_argument("--no-shortcut", action="store_true", help="plain flow sampling instead of the distilled few-step mode")
     p.add_argument("--fit-layout", action="store_true",
                    help="after sampling, fit each object's translation/scale/yaw to its mask (slower)")
+    p.add_argument("--no-bake", action="store_true",
+                   help="do not UV-unwrap and bake a texture: the mesh keeps its colours as a colour attribute "
+                        "(the material reads it)")
+    p.add_argument("--photo-projection", action="store_true",
+                   help="bake the photo onto the visible side of each mesh (off by default: it is only as good "
+                        "as the pose, and the tiny model's poses are poor -- its silhouettes overlap their masks "
+                        "with IoU ~0.2 -- so the photo would land on the wrong surfaces)")
+    p.add_argument("--delight", type=float, default=0.0, metavar="STRENGTH",
+                   help="with --photo-projection: divide the photo's smooth shading out first, 0 (off) to 1")
+    p.add_argument("--texture-size", type=int, default=512, metavar="N",
+                   help="baked texture size in pixels per side (default 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print one JSON object describing the result")
@@ -122,6 +133,19 @@ def cmd_3dfy(args) -> int:
     glb = _check_out_path(args.glb, (".glb",), "--glb")
     usd = _check_out_path(args.usd, (".usd", ".usdc", ".usda"), "--usd")
     png = _check_out_path(args.render, (".png",), "--render")
+    from .pipeline import TEXTURE_SIZE_RANGE
+
+    if not 0.0 <= args.delight <= 1.0:
+        raise Sam3DError(f"--delight must be between 0 and 1, not {args.delight:g}")
+    lo, hi = TEXTURE_SIZE_RANGE
+    if not lo <= args.texture_size <= hi:
+        raise Sam3DError(f"--texture-size must be {lo} to {hi} pixels, not {args.texture_size}")
+    if args.no_bake and (args.photo_projection or args.delight):
+        raise Sam3DError("--photo-projection and --delight work on the baked texture; drop --no-bake")
+    if args.delight and not args.photo_projection:
+        raise Sam3DError("--delight de-lights the projected photo; add --photo-projection")
+    if glb and args.output == "gaussians":
+        raise Sam3DError("--glb exports meshes; with --output gaussians there is none (use --output both)")
 
     from .pipeline import Sam3DPipeline
 
@@ -131,7 +155,9 @@ def cmd_3dfy(args) -> int:
     texture_model = None if str(args.texture_model).lower() == "none" else args.texture_model
     pipe = Sam3DPipeline(model=args.model, device=args.device, notice=notice, texture_model=texture_model)
     result = pipe.run(args.image, args.mask, steps=args.steps, seed=args.seed, cfg_strength=args.cfg,
-                      shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout, output=args.output)
+                      shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout, output=args.output,
+                      bake=not args.no_bake, photo_projection=args.photo_projection, delight=args.delight,
+                      texture_size=args.texture_size)
     plys = write_gaussian_plys(result, out) if args.output != "mesh" else []
 
     from . import blender_bridge as bridge
@@ -356,19 +382,25 @@ def cmd_refine(args) -> int:
 
 
 def _add_bench(sub):
-    p = sub.add_parser("bench", help="benchmarks: geometry, speed, import, refine")
-    p.add_argument("which", choices=["geometry", "speed", "import", "refine"])
+    p = sub.add_parser("bench", help="benchmarks: geometry, speed, import, refine, texture")
+    p.add_argument("which", choices=["geometry", "speed", "import", "refine", "texture"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quick", action="store_true", help="a fixed small subset, in under 2 minutes")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--data", default=None, help="data directory (default: data/synth)")
+    p.add_argument("--model", default=None, help="model name or path (default: tiny; texture: tiny-texture)")
+    p.add_argument("--data", default=None, help="data directory (default: data/synth; texture: data/tex)")
+    p.add_argument("--steps", type=int, default=None, help="bench texture: sampler steps (default: the card's)")
     p.add_argument("--faces", type=int, default=500_000, help="bench import: mesh size")
     p.add_argument("--seed", type=int, default=0, help="bench refine: the policy's seed (the scenes are fixed)")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    if args.which == "geometry":
+    if args.which == "texture":
+        from .bench_texture import bench_texture
+
+        report = bench_texture(model=args.model or "tiny-texture", data_dir=args.data, quick=args.quick,
+                               steps=args.steps)
+    elif args.which == "geometry":
         from .bench import bench_geometry_cli
 
         report = bench_geometry_cli(args)
@@ -376,8 +408,8 @@ def cmd_bench(args) -> int:
         from .bench import bench_geometry_stage
         from .nn.speed import bench_speed
 
-        report = bench_speed(args.model)
-        report["geometry_stage"] = bench_geometry_stage(args.model, args.data)
+        report = bench_speed(args.model or "tiny")
+        report["geometry_stage"] = bench_geometry_stage(args.model or "tiny", args.data)
     elif args.which == "refine":
         from .refine.bench import bench_refine
 

@@ -95,9 +95,14 @@ class Stage:
 class SessionCache:
     """Lazily created sessions for the stages of one model on one device."""
 
-    def __init__(self, card: ModelCard, device: str = "auto", notice: Callable[[str], None] | None = None):
+    def __init__(self, card: ModelCard, device: str = "auto", notice: Callable[[str], None] | None = None,
+                 memory_arena: bool = True):
+        """memory_arena=False: activations go back to the system after each run instead of staying
+        in ORT's CPU arena (for graphs whose size follows the input, like the sparse texture
+        graphs: an arena would keep the largest object's activations for the session's life)."""
         self.card = card
         self.device = device
+        self.memory_arena = memory_arena
         self.providers = select_providers(device)
         self.notice = notice or log.warning
         self._stages: dict[str, Stage] = {}
@@ -117,6 +122,9 @@ class SessionCache:
         path = self.card.file(name)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # keep ORT's own warnings out of the artist's console
+        if not self.memory_arena:
+            opts.enable_cpu_mem_arena = False
+            opts.enable_mem_pattern = False  # shapes change with every object
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types

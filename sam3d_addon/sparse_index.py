@@ -138,3 +138,47 @@ def subdivision_maps(coords, levels: int) -> tuple[np.ndarray, list[np.ndarray]]
         coords, parent = subdivide_coords(coords)
         maps += [parent, neighbour_index(coords)]
     return np.asarray(coords), maps
+
+
+def window_partition(coords, window: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Swin windows of a voxel set (window id = floor((coord + shift) / window)) as gathers.
+
+    Returns (gather [W, M], slot [N]): row w of `gather` lists the voxels of window w (rows into
+    the N voxels, ascending), padded with N (the graph appends one zero row at N, and a key is
+    valid where gather < N); slot[i] = w * M + position of voxel i in its window, to read each
+    voxel's result back from the flattened [W * M] window outputs.  W windows of at most M voxels
+    make attention cost W M^2 instead of N^2.
+    """
+    coords = _as_coords(coords)
+    n = len(coords)
+    if n == 0:
+        return np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
+    ids = np.floor_divide(coords + int(shift), int(window))
+    _, window_of, counts = np.unique(ids, axis=0, return_inverse=True, return_counts=True)
+    window_of = window_of.reshape(-1)
+    order = np.argsort(window_of, kind="stable")  # voxels grouped by window, ascending within
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - starts[window_of[order]]
+    width = int(counts.max())
+    gather = np.full((len(counts), width), n, np.int64)
+    gather[window_of, rank] = np.arange(n)
+    return gather, (window_of * width + rank).astype(np.int64)
+
+
+def window_shifts(window: int, num_blocks: int) -> list[int]:
+    """The distinct window shifts of the decoders' Swin blocks: 0 in even blocks, window/2 in odd."""
+    return sorted({(window // 2) * (i % 2) for i in range(num_blocks)})
+
+
+def window_names(num_shifts: int) -> list[str]:
+    """Names of a decoder graph's window inputs, in graph order."""
+    return [f"window_{kind}_{k}" for k in range(num_shifts) for kind in ("gather", "slot")]
+
+
+def decoder_window_maps(coords, window: int, shifts) -> dict[str, np.ndarray]:
+    """A decoder graph's window inputs (int64 arrays by name) for voxels `coords`."""
+    out = {}
+    for k, shift in enumerate(shifts):
+        out[f"window_gather_{k}"], out[f"window_slot_{k}"] = window_partition(coords, window, shift)
+    return out

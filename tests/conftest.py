@@ -31,3 +31,13 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     return REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def random_texture_model(tmp_path_factory) -> Path:
+    """An untrained texture model of the real contract (ONNX + card), exported once per session."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from sam3d_addon.nn.texture_export import export_texture_random
+
+    return export_texture_random(tmp_path_factory.mktemp("tex") / "tiny-texture-random", seed=1).path

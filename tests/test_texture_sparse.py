@@ -14,9 +14,9 @@ ort = pytest.importorskip("onnxruntime")
 import torch.nn.functional as F  # noqa: E402
 
 from sam3d_addon.nn.slat import build_slat_flow, coords_position_embedding  # noqa: E402
-from sam3d_addon.nn.slat_decoders import build_slat_decoders, hammersley_offsets  # noqa: E402
+from sam3d_addon.nn.slat_decoders import build_slat_decoders, hammersley_offsets, window_mask  # noqa: E402
 from sam3d_addon.nn.slat_export import (  # noqa: E402
-    SLatFlowGraph, example_voxels, export_gaussian_decoder, export_mesh_decoder, export_slat_flow,
+    DecoderGraph, SLatFlowGraph, example_voxels, export_gaussian_decoder, export_mesh_decoder, export_slat_flow,
     gaussian_decoder_example, mesh_decoder_example, slat_flow_example,
 )
 from sam3d_addon.nn.sparse import (  # noqa: E402
@@ -225,8 +225,31 @@ def test_decoders_onnx_parity(exported):
     for module, name, example in ((gaussian, "gaussians.onnx", gaussian_decoder_example),
                                   (mesh, "mesh.onnx", mesh_decoder_example)):
         session = _session(root / name)
-        for coords in (np.array([[0, 31, 7]]), random_voxels(rng, 32, 0.01)):
-            _assert_parity(module, example(module, coords, seed=1), session, f"{name}, {len(coords)} voxels")
+        for coords in (np.array([[0, 31, 7]]), random_voxels(rng, 32, 0.01), random_voxels(rng, 32, 0.12)):
+            _assert_parity(DecoderGraph(module), example(module, coords, seed=1), session,
+                           f"{name}, {len(coords)} voxels")
+
+
+def test_gathered_windows_equal_window_masked_attention():
+    """The decoders' windowed attention (tokens gathered per window, W M^2) gives exactly the
+    [N, N] window-masked full attention it replaces, for both shifts."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(8)
+    decoder = build_slat_decoders("tiny")[0].eval()
+    coords = random_voxels(rng, 32, 0.05)
+    x = torch.randn(len(coords), decoder.config.model_channels)
+    coords_t = torch.as_tensor(coords)
+    windows = decoder.window_inputs(coords)
+    gather, slot = windows[0]
+    assert gather.shape[0] > 1 and sorted(gather[gather < len(coords)].tolist()) == list(range(len(coords)))
+    for block in decoder.blocks:
+        mask = window_mask(coords_t, decoder.config.window_size, block.shift)
+        h = torch.nn.functional.layer_norm(x, (x.shape[1],), eps=1e-6)
+        dense = x + block.attn(h, mask)
+        dense = dense + block.mlp(torch.nn.functional.layer_norm(dense, (x.shape[1],), eps=1e-6))
+        with torch.no_grad():
+            got = block(x, windows[decoder.shifts.index(block.shift)])
+        assert float((got - dense.detach()).abs().max()) < 1e-5
 
 
 def test_gaussian_decoder_writes_a_ply(tmp_path):
@@ -234,7 +257,7 @@ def test_gaussian_decoder_writes_a_ply(tmp_path):
     gaussian = build_slat_decoders("tiny")[0].eval()
     coords = example_voxels(32, fill=0.0)[:200]
     with torch.no_grad():
-        xyz, scales, rotations, opacities, colors = gaussian(*gaussian_decoder_example(gaussian, coords).values())
+        xyz, scales, rotations, opacities, colors = DecoderGraph(gaussian)(*gaussian_decoder_example(gaussian, coords).values())
     centres = (torch.as_tensor(coords, dtype=torch.float32) + 0.5) / 32 - 0.5
     assert float((xyz - centres[:, None]).abs().max()) <= 0.5 * 1.5 / 32 + 1e-6  # within 1.5 voxels
     assert (scales > 0).all() and torch.allclose(rotations.norm(dim=-1), torch.ones(1), atol=1e-5)

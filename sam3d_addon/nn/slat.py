@@ -129,6 +129,15 @@ class SparseSelfAttention(nn.Module):
             q, k = self.q_rms_norm(q), self.k_rms_norm(k)
         return self.to_out(attention(q, k, v, mask).flatten(2)[0])
 
+    def forward_windows(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x [W, M, C]: tokens grouped by attention window (`sparse_index.window_partition`),
+        valid [W, M] (False: padding) -> [W, M, C]; each token attends to the valid tokens of its
+        own window only, which is the [N, N] window-masked attention at W M^2 cost."""
+        q, k, v = self.to_qkv(x).reshape(x.shape[0], x.shape[1], 3, self.num_heads, self.head_dim).unbind(2)
+        if self.qk_rms_norm:
+            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
+        return self.to_out(attention(q, k, v, valid[:, None, None, :]).flatten(2))
+
 
 class ModulatedSparseCrossBlock(nn.Module):
     """adaLN-modulated self-attention, plain cross-attention (affine norm2), modulated MLP (fact sheet 2.4)."""

@@ -3,8 +3,10 @@
 Both share the official trunk (fact sheet sections 6 and 7): `input_layer` + absolute position
 embedding of the voxel coords, then transformer blocks (pre-LN, no modulation, no cross-attention)
 with Swin-style windowed attention (window id = floor((coord + shift) / window), shift 0 / window/2
-in even / odd blocks).  The window mask is built in the graph from the coords, an [N, N] mask:
-fine for the tiny preset; the official sizes would want a block-sparse attention instead.
+in even / odd blocks).  The windows are index maps computed outside the graph
+(`sparse_index.window_partition`): tokens are gathered into [W, M] windows, attend within them,
+and are gathered back, so memory grows with W M^2, not with the N^2 of a masked full attention
+(a 20k-voxel object: ~0.1 GB instead of several GB).
 
 * `SLatGaussianDecoder`: out_layer -> 14 G channels per voxel, decoded in the graph to G Gaussians
   (offset in the voxel, scale, rotation (w,x,y,z), opacity, RGB) with the official activations.
@@ -29,7 +31,7 @@ from torch import nn
 
 from .flow import FeedForwardNet
 from .slat import BLOCK_LN_EPS, OUTPUT_LN_EPS, SparseSelfAttention, coords_position_embedding
-from ..sparse_index import subdivision_maps
+from ..sparse_index import decoder_window_maps, subdivision_maps, window_shifts
 from .sparse import SparseConv3d, SparseGroupNorm, sparse_upsample
 
 SH_C0 = 0.28209479177387814  # degree-0 spherical harmonic: rgb = 0.5 + SH_C0 * dc
@@ -77,7 +79,8 @@ def get_slat_decoder_config(name: str) -> SLatDecoderConfig:
 
 
 def window_mask(coords: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-    """[N, N] bool: voxels in the same Swin window (window id = floor((coord + shift) / window))."""
+    """[N, N] bool: voxels in the same Swin window (window id = floor((coord + shift) / window)).
+    The reference the gathered windows are tested against; the graphs never build it."""
     ids = torch.div(coords + shift, window, rounding_mode="floor")
     return (ids[:, None, :] == ids[None, :, :]).all(dim=-1)
 
@@ -91,9 +94,16 @@ class SparseTransformerBlock(nn.Module):
         self.attn = SparseSelfAttention(config.model_channels, config.num_heads, qk_rms_norm=False)
         self.mlp = FeedForwardNet(config.model_channels, config.mlp_ratio)
 
-    def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        mask = None if self.window is None else window_mask(coords, self.window, self.shift)
-        x = x + self.attn(F.layer_norm(x, (self.channels,), eps=BLOCK_LN_EPS), mask)
+    def forward(self, x: torch.Tensor, windows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """windows: (gather [W, M], slot [N]) of this block's shift; None: full attention."""
+        h = F.layer_norm(x, (self.channels,), eps=BLOCK_LN_EPS)
+        if windows is None:
+            a = self.attn(h)
+        else:
+            gather, slot = windows
+            padded = torch.cat([h, h.new_zeros(1, self.channels)])  # row N: the padding token
+            a = self.attn.forward_windows(padded[gather], gather < x.shape[0]).reshape(-1, self.channels)[slot]
+        x = x + a
         return x + self.mlp(F.layer_norm(x, (self.channels,), eps=BLOCK_LN_EPS))
 
 
@@ -104,11 +114,21 @@ class SLatTrunk(nn.Module):
         self.input_layer = nn.Linear(config.latent_channels, config.model_channels)
         half = (config.window_size or 0) // 2
         self.blocks = nn.ModuleList(SparseTransformerBlock(config, half * (i % 2)) for i in range(config.num_blocks))
+        self.shifts = window_shifts(config.window_size, config.num_blocks) if config.window_size else []
 
-    def trunk(self, feats: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    def window_inputs(self, coords) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(gather, slot) per distinct shift (`self.shifts`), computed outside the graph."""
+        maps = decoder_window_maps(np.asarray(coords), self.config.window_size, self.shifts)
+        return [(torch.from_numpy(maps[f"window_gather_{k}"]), torch.from_numpy(maps[f"window_slot_{k}"]))
+                for k in range(len(self.shifts))]
+
+    def trunk(self, feats: torch.Tensor, coords: torch.Tensor, windows=None) -> torch.Tensor:
+        """windows: `window_inputs(coords)` (computed here when omitted)."""
+        if self.shifts and windows is None:
+            windows = self.window_inputs(coords)
         h = self.input_layer(feats) + coords_position_embedding(coords, self.config.model_channels)
         for block in self.blocks:
-            h = block(h, coords)
+            h = block(h, windows[self.shifts.index(block.shift)] if self.shifts else None)
         return h
 
 
@@ -135,14 +155,14 @@ class SLatGaussianDecoder(SLatTrunk):
         self.out_layer = nn.Linear(config.model_channels, 14 * g)
         self.register_buffer("offset_perturbation", torch.from_numpy(hammersley_offsets(g, config.voxel_size)))
 
-    def forward(self, feats: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """feats [N, latent]; coords [N, 3] int64 on the resolution grid.
+    def forward(self, feats: torch.Tensor, coords: torch.Tensor, windows=None) -> tuple[torch.Tensor, ...]:
+        """feats [N, latent]; coords [N, 3] int64 on the resolution grid; windows: see `trunk`.
 
         Returns xyz [N,G,3], scales [N,G,3] (std-devs), rotations [N,G,4] (unit, w first),
         opacities [N,G,1] in (0,1), colors [N,G,3] (RGB, 0.5 + SH_C0 * dc; may leave [0,1]).
         """
         c, g = self.config, self.config.num_gaussians
-        h = self.trunk(feats, coords)
+        h = self.trunk(feats, coords, windows)
         raw = self.out_layer(F.layer_norm(h, (c.model_channels,), eps=OUTPUT_LN_EPS))
         raw_xyz, raw_dc, raw_scale = (raw[:, i * g:(i + 3) * g].reshape(-1, g, 3) for i in (0, 3, 6))
         raw_rot = raw[:, 9 * g:13 * g].reshape(-1, g, 4)
@@ -187,10 +207,11 @@ class SLatMeshDecoder(SLatTrunk):
         )
         self.out_layer = nn.Linear(channels[-1], config.mesh_out_channels)
 
-    def forward(self, feats: torch.Tensor, coords: torch.Tensor, *subdivisions: torch.Tensor):
+    def forward(self, feats: torch.Tensor, coords: torch.Tensor, *subdivisions: torch.Tensor, windows=None):
         """feats [N, latent]; coords [N, 3]; subdivisions: parent_1, neighbours_1, parent_2, ... from
-        `mesh_subdivisions`.  Returns (sdf [S], rgb [S, 3]) for sdf_rgb, else features [S, 101]."""
-        h = self.trunk(feats, coords)  # no final layer norm in the mesh decoder
+        `mesh_subdivisions`; windows: see `trunk`.  Returns (sdf [S], rgb [S, 3]) for sdf_rgb,
+        else features [S, 101]."""
+        h = self.trunk(feats, coords, windows)  # no final layer norm in the mesh decoder
         for k, block in enumerate(self.upsample):
             h = block(h, subdivisions[2 * k], subdivisions[2 * k + 1])
         out = self.out_layer(h)

@@ -124,11 +124,40 @@ def export_slat_flow(model: SLatFlowModel, path: str | Path, opset: int = 17) ->
 GAUSSIAN_OUTPUTS = (("xyz", 3), ("scales", 3), ("rotations", 4), ("opacities", 1), ("colors", 3))
 
 
+class DecoderGraph(nn.Module):
+    """Flat-tensor interface of a decoder: feats, coords, the window maps (`window_names`), then
+    (mesh decoder) the subdivision maps."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+        self.num_windows = len(decoder.shifts)
+
+    def forward(self, feats, coords, *index):
+        w = self.num_windows
+        windows = [(index[2 * k], index[2 * k + 1]) for k in range(w)] or None
+        return self.decoder(feats, coords, *index[2 * w:], windows=windows)
+
+
+def _decoder_inputs(decoder) -> list[dict[str, Any]]:
+    c = decoder.config
+    inputs = [{"name": "feats", "shape": ["N", c.latent_channels], "dtype": "float32"},
+              {"name": "coords", "shape": ["N", 3], "dtype": "int64"}]
+    for k in range(len(decoder.shifts)):  # W_k windows of at most P_k voxels, for shift k
+        inputs += [{"name": f"window_gather_{k}", "shape": [f"W{k}", f"P{k}"], "dtype": "int64"},
+                   {"name": f"window_slot_{k}", "shape": ["N"], "dtype": "int64"}]
+    return inputs
+
+
+def decoder_window_spec(decoder) -> dict:
+    """What the runtime needs to build the window inputs (recorded in the card)."""
+    return {"window_size": decoder.config.window_size, "window_shifts": list(decoder.shifts)}
+
+
 def gaussian_decoder_io(decoder) -> dict[str, list[dict[str, Any]]]:
     c = decoder.config
     return {
-        "inputs": [{"name": "feats", "shape": ["N", c.latent_channels], "dtype": "float32"},
-                   {"name": "coords", "shape": ["N", 3], "dtype": "int64"}],
+        "inputs": _decoder_inputs(decoder),
         "outputs": [{"name": name, "shape": ["N", c.num_gaussians, width], "dtype": "float32"}
                     for name, width in GAUSSIAN_OUTPUTS],
     }
@@ -136,8 +165,7 @@ def gaussian_decoder_io(decoder) -> dict[str, list[dict[str, Any]]]:
 
 def mesh_decoder_io(decoder) -> dict[str, list[dict[str, Any]]]:
     c = decoder.config
-    inputs = [{"name": "feats", "shape": ["N", c.latent_channels], "dtype": "float32"},
-              {"name": "coords", "shape": ["N", 3], "dtype": "int64"}]
+    inputs = _decoder_inputs(decoder)
     for k in range(1, len(c.upsample_channels) + 1):
         inputs += [{"name": f"parent_sub_{k}", "shape": [f"S{k}"], "dtype": "int64"},
                    {"name": f"neighbours_sub_{k}", "shape": [f"S{k}", 27], "dtype": "int64"}]
@@ -152,8 +180,11 @@ def mesh_decoder_io(decoder) -> dict[str, list[dict[str, Any]]]:
 
 def gaussian_decoder_example(decoder, coords: np.ndarray, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {"feats": torch.randn(len(coords), decoder.config.latent_channels, generator=generator),
-            "coords": torch.as_tensor(coords, dtype=torch.int64)}
+    inputs = {"feats": torch.randn(len(coords), decoder.config.latent_channels, generator=generator),
+              "coords": torch.as_tensor(coords, dtype=torch.int64)}
+    for k, (gather, slot) in enumerate(decoder.window_inputs(coords)):
+        inputs[f"window_gather_{k}"], inputs[f"window_slot_{k}"] = gather, slot
+    return inputs
 
 
 def mesh_decoder_example(decoder, coords: np.ndarray, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -170,15 +201,14 @@ def mesh_decoder_example(decoder, coords: np.ndarray, seed: int = 0) -> dict[str
 def export_gaussian_decoder(decoder, path: str | Path, opset: int = 17) -> dict:
     decoder.eval()
     io = gaussian_decoder_io(decoder)
-    # Traced at a low fill: the [N, N] window masks of a large example cost time, not accuracy.
-    inputs = gaussian_decoder_example(decoder, example_voxels(decoder.config.resolution, fill=0.01))
-    export_graph(decoder, inputs, io, path, opset)
+    inputs = gaussian_decoder_example(decoder, example_voxels(decoder.config.resolution))
+    export_graph(DecoderGraph(decoder), inputs, io, path, opset)
     return io
 
 
 def export_mesh_decoder(decoder, path: str | Path, opset: int = 17) -> dict:
     decoder.eval()
     io = mesh_decoder_io(decoder)
-    inputs = mesh_decoder_example(decoder, example_voxels(decoder.config.resolution, fill=0.01))
-    export_graph(decoder, inputs, io, path, opset)
+    inputs = mesh_decoder_example(decoder, example_voxels(decoder.config.resolution))
+    export_graph(DecoderGraph(decoder), inputs, io, path, opset)
     return io

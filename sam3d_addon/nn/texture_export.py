@@ -16,7 +16,7 @@ import torch
 from ..contract import CONTRACT_VERSION, TEXTURE_CONTRACT_NAME, TEXTURE_STAGES, ModelCard, load_texture_card
 from .export import ConditionGraph, _export_graph, _sha256, io_spec
 from .config import get_config
-from .slat_export import export_gaussian_decoder, export_mesh_decoder, export_slat_flow
+from .slat_export import decoder_window_spec, export_gaussian_decoder, export_mesh_decoder, export_slat_flow
 
 FILES = {stage: f"{stage}.onnx" for stage in TEXTURE_STAGES}
 # Decoder chunks: blocks of 16^3 coarse voxels grown by a halo of 8 (one attention window of the
@@ -33,6 +33,8 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
     preset = model.preset
     geometry_config = get_config(preset)
     io = {"texture_condition_encoder": io_spec(geometry_config)["condition_encoder"]}
+    # one more token than the geometry encoder: the colour token (train.texture.TextureConditionEncoder)
+    io["texture_condition_encoder"]["outputs"][0]["shape"][1] += 1
     _export_graph(ConditionGraph(model.condition_encoder), io["texture_condition_encoder"],
                   out_dir / FILES["texture_condition_encoder"], opset)
     io["slat_flow"] = export_slat_flow(model.flow, out_dir / FILES["slat_flow"], opset)
@@ -52,7 +54,7 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
                  "bounds": [-0.5, 0.5], "sdf_units": "fine voxels, negative inside", "color_space": "sRGB"},
         "flow": {"num_downsamples": model.flow.config.num_downsamples},
         "decoders": {"representation": dec.representation, "num_gaussians": model.gaussian_decoder.config.num_gaussians,
-                     "chunk_block": CHUNK_BLOCK, "chunk_halo": CHUNK_HALO},
+                     "chunk_block": CHUNK_BLOCK, "chunk_halo": CHUNK_HALO, **decoder_window_spec(model.mesh_decoder)},
         "sampler": {"steps": 25, "cfg_strength": 1.0, "cfg_interval": [0.0, 500.0], "rescale_t": 1.0, "time_scale": 1000.0},
     }
     for key, value in card_fields.items():

@@ -21,12 +21,16 @@ from typing import Callable
 import numpy as np
 
 from ..contract import ModelCard, load_texture_card
-from ..sparse_index import level_index_maps, subdivision_maps
+from ..sparse_index import decoder_window_maps, level_index_maps, subdivision_maps
 from ..runtime import SessionCache
 from ..sampler import FlowSampler, initial_noise
 from .voxels import sparse_sdf_to_mesh, surface_voxel_coords
 
 GAUSSIAN_KEYS = ("xyz", "scales", "rotations", "opacities", "colors")
+# Objects with more active voxels are decoded in spatial chunks.  Measured on the tiny model
+# (`sam3d bench texture`, RSS probe): one pass over a 20.7k-voxel object peaks at ~1.0 GB, chunked
+# at ~0.8 GB but ~3x slower; typical objects (2-6k surface voxels at 32^3) decode in one pass.
+MAX_CHUNK_VOXELS = 8192
 
 
 @dataclass
@@ -60,7 +64,8 @@ class TextureStage:
     def __init__(self, model: str = "tiny-texture", device: str = "auto",
                  notice: Callable[[str], None] | None = None):
         self.card: ModelCard = load_texture_card(model)
-        self.sessions = SessionCache(self.card, device, notice=notice)
+        # no arena: peak memory follows the object being decoded, not the largest one so far
+        self.sessions = SessionCache(self.card, device, notice=notice, memory_arena=False)
 
     def release(self) -> None:
         self.sessions.release()
@@ -95,26 +100,31 @@ class TextureStage:
         std = np.asarray(self.card.data["latent"]["std"], np.float32)
         return x["slat"][0] * std + mean
 
-    def decode_mesh(self, feats: np.ndarray, coords: np.ndarray, max_voxels: int = 4096):
+    def _windows(self, coords: np.ndarray) -> dict:
+        d = self.card.data["decoders"]
+        return decoder_window_maps(coords, int(d["window_size"]), d["window_shifts"])
+
+    def decode_mesh(self, feats: np.ndarray, coords: np.ndarray, max_voxels: int = MAX_CHUNK_VOXELS):
         """Chunked mesh decoder -> fine coords [8N,3], sdf [8N], rgb [8N,3]."""
         decoder = self.sessions.stage("slat_mesh_decoder")
         d = self.card.data["decoders"]
         fine_all, sdf_all, rgb_all = [], [], []
         for rows, own in spatial_chunks(coords, max_voxels, int(d["chunk_block"]), int(d["chunk_halo"])):
             fine, maps = subdivision_maps(coords[rows], 1)
-            out = decoder({"feats": feats[rows], "coords": coords[rows], "parent_sub_1": maps[0], "neighbours_sub_1": maps[1]})
+            out = decoder({"feats": feats[rows], "coords": coords[rows], "parent_sub_1": maps[0],
+                           "neighbours_sub_1": maps[1], **self._windows(coords[rows])})
             keep = np.repeat(own, 8)  # children are consecutive per parent
             fine_all.append(fine[keep])
             sdf_all.append(out["sdf"][keep])
             rgb_all.append(out["rgb"][keep])
         return np.concatenate(fine_all), np.concatenate(sdf_all), np.concatenate(rgb_all)
 
-    def decode_gaussians(self, feats: np.ndarray, coords: np.ndarray, max_voxels: int = 4096) -> dict:
+    def decode_gaussians(self, feats: np.ndarray, coords: np.ndarray, max_voxels: int = MAX_CHUNK_VOXELS) -> dict:
         decoder = self.sessions.stage("slat_gaussian_decoder")
         d = self.card.data["decoders"]
         parts = {k: [] for k in GAUSSIAN_KEYS}
         for rows, own in spatial_chunks(coords, max_voxels, int(d["chunk_block"]), int(d["chunk_halo"])):
-            out = decoder({"feats": feats[rows], "coords": coords[rows]})
+            out = decoder({"feats": feats[rows], "coords": coords[rows], **self._windows(coords[rows])})
             for k in GAUSSIAN_KEYS:
                 parts[k].append(out[k][own])
         # [N, G, k] per chunk -> [N*G, k] rows
@@ -122,7 +132,7 @@ class TextureStage:
 
     def run(self, occupancy: np.ndarray, inputs: dict, output: str = "mesh", seed: int | None = 0,
             steps: int | None = None, cfg_strength: float | None = None, progress=None, cancel=None,
-            max_voxels: int = 4096) -> TextureResult:
+            max_voxels: int = MAX_CHUNK_VOXELS) -> TextureResult:
         """occupancy [R,R,R] bool (the geometry stage's grid), inputs: prepared photo inputs (batch 1)."""
         if output not in ("mesh", "gaussians", "both"):
             raise ValueError(f"output must be mesh, gaussians or both, not {output!r}")

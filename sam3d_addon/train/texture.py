@@ -130,6 +130,33 @@ class SLatEncoder(SLatTrunk):
         return mean, logvar.clamp(-10, 4)
 
 
+class TextureConditionEncoder(nn.Module):
+    """The texture flow's condition: the geometry model's embedder tokens of the photo (crop, mask,
+    full image) plus a colour embedding of the masked crop (mean and standard deviation of its
+    colour), added to every token and appended as one more.
+
+    Why: SAM 3D conditions on DINOv2 features, which carry colour; our tiny ViT is trained from
+    scratch in minutes, and with its tokens alone the flow learnt the data set's mean colour and
+    ignored the photo (measured: the same purple-grey for every held-out object).  The colour
+    statistics are computed in the graph from the same inputs, so the contract is unchanged.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.embedder = EmbedderFuser(config)
+        channels = config.cond_channels
+        self.colour = nn.Sequential(nn.Linear(6, channels), nn.SiLU(), nn.Linear(channels, channels))
+
+    def forward(self, image, mask, rgb_image, rgb_image_mask, pointmap, rgb_pointmap):
+        tokens = self.embedder(image, mask, rgb_image, rgb_image_mask, pointmap, rgb_pointmap)
+        weight = mask[:, :1]  # [B, 1, S, S]
+        area = weight.sum(dim=(2, 3)).clamp(min=1.0)
+        mean = (image * weight).sum(dim=(2, 3)) / area  # [B, 3]
+        var = ((image - mean[:, :, None, None]) ** 2 * weight).sum(dim=(2, 3)) / area
+        colour = self.colour(torch.cat([mean, var.clamp(min=0.0).sqrt()], dim=1))[:, None]  # [B, 1, C]
+        return torch.cat([tokens + colour, colour], dim=1)
+
+
 class TextureBundle(nn.Module):
     def __init__(self, preset: str = TEXTURE_PRESET):
         super().__init__()
@@ -137,7 +164,7 @@ class TextureBundle(nn.Module):
         self.encoder = SLatEncoder(get_slat_decoder_config(preset))
         self.gaussian_decoder, self.mesh_decoder = build_slat_decoders(preset)
         self.flow = build_slat_flow(preset)
-        self.condition_encoder = EmbedderFuser(get_config(preset).condition)
+        self.condition_encoder = TextureConditionEncoder(get_config(preset).condition)
 
 
 def encoder_features(obj: TextureObject) -> torch.Tensor:

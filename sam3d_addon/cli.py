@@ -250,6 +250,7 @@ def _add_export_texture(sub):
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default=None)
+    p.add_argument("--metrics", default=None, help="a `sam3d bench texture --json` output to record in the card")
     p.set_defaults(func=cmd_export_texture)
 
 
@@ -257,6 +258,7 @@ def cmd_export_texture(args) -> int:
     from .nn.texture_export import export_texture_checkpoint, export_texture_random
 
     fields = {"version": args.version} if args.version else {}
+    fields.update(_metrics_field(args.metrics))
     if args.random:
         export_texture_random(args.out, seed=args.seed, **fields)
     elif args.checkpoint:
@@ -265,6 +267,16 @@ def cmd_export_texture(args) -> int:
         raise Sam3DError("export-texture needs --checkpoint PATH or --random.")
     print(f"sam3d: exported to {args.out}")
     return 0
+
+
+def _metrics_field(path: str | None) -> dict:
+    """{"metrics": the bench JSON at `path`} for a model card, or {} without one."""
+    if not path:
+        return {}
+    try:
+        return {"metrics": json.loads(Path(path).read_text())}
+    except (OSError, ValueError) as exc:
+        raise Sam3DError(f"Cannot read --metrics {path}: {exc}") from None
 
 
 def _add_export(sub):
@@ -285,11 +297,7 @@ def cmd_export(args) -> int:
     fields = {}
     if args.version:
         fields["version"] = args.version
-    if args.metrics:
-        try:
-            fields["metrics"] = json.loads(Path(args.metrics).read_text())
-        except (OSError, ValueError) as exc:
-            raise Sam3DError(f"Cannot read --metrics {args.metrics}: {exc}") from None
+    fields.update(_metrics_field(args.metrics))
     if args.random:
         export_random(args.config, args.out, seed=args.seed, **fields)
     elif args.checkpoint:

@@ -41,3 +41,19 @@ def random_texture_model(tmp_path_factory) -> Path:
     from sam3d_addon.nn.texture_export import export_texture_random
 
     return export_texture_random(tmp_path_factory.mktemp("tex") / "tiny-texture-random", seed=1).path
+
+
+def bind_operator_methods(stand_in, operator_class) -> None:
+    """Give a plain stand-in object an operator's methods and plain class attributes, from the
+    operator and its non-bpy bases (the Sam3DModalJob mixin): bpy cannot instantiate operators
+    from Python, so tests drive these stand-ins."""
+    import types
+
+    for klass in reversed(operator_class.__mro__):
+        if klass.__module__.startswith("bpy") or klass is object:
+            continue
+        for name, value in vars(klass).items():
+            if isinstance(value, types.FunctionType):
+                setattr(stand_in, name, types.MethodType(value, stand_in))
+            elif not name.startswith(("__", "bl_")) and not isinstance(value, (classmethod, staticmethod)):
+                setattr(stand_in, name, value)

@@ -20,13 +20,14 @@ import json
 import subprocess
 import sys
 import time
-import types
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from conftest import bind_operator_methods
 
 bpy = pytest.importorskip("bpy")
 
@@ -462,14 +463,7 @@ class _OperatorStub:
 
     def __init__(self):
         cls = bpy.types.SAM3D_OT_threedfy
-        for klass in reversed(cls.__mro__):  # the operator's own methods and its Sam3DModalJob mixin's
-            if klass.__module__.startswith("bpy") or klass is object:
-                continue
-            for name, value in vars(klass).items():
-                if isinstance(value, types.FunctionType):
-                    setattr(self, name, types.MethodType(value, self))
-                elif not name.startswith(("__", "bl_")) and not isinstance(value, (classmethod, staticmethod)):
-                    setattr(self, name, value)
+        bind_operator_methods(self, cls)
         self.model = self.device = ""
         self.blocking = False
         self._timer = self._job = None

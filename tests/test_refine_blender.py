@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import bind_operator_methods
+
 bpy = pytest.importorskip("bpy")
 
 from sam3d_addon import blender_bridge as bridge  # noqa: E402
@@ -240,7 +242,6 @@ def test_two_kept_rounds_are_two_undo_steps(addon):
 
 import threading  # noqa: E402
 import time  # noqa: E402
-import types  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 TIMER = SimpleNamespace(type="TIMER", value="NOTHING")
@@ -255,14 +256,7 @@ class _RefineStub:
 
     def __init__(self, addon, **props):
         cls = addon.SAM3D_OT_refine
-        for klass in reversed(cls.__mro__):  # the operator's own methods and its Sam3DModalJob mixin's
-            if klass.__module__.startswith("bpy") or klass is object:
-                continue
-            for name, value in vars(klass).items():
-                if isinstance(value, types.FunctionType):
-                    setattr(self, name, types.MethodType(value, self))
-                elif not name.startswith(("__", "bl_")) and not isinstance(value, (classmethod, staticmethod)):
-                    setattr(self, name, value)
+        bind_operator_methods(self, cls)
         defaults = dict(prompt="", policy="BUILTIN", rounds=3, candidates=4, vlm_url="", vlm_model="", log_dir="",
                         blocking=False, run_modal=False)
         for k, v in {**defaults, **props}.items():

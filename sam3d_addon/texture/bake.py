@@ -182,21 +182,28 @@ def loop_uvs(faces_uv, uvs) -> np.ndarray:
     return np.asarray(uvs)[np.asarray(faces_uv)].reshape(-1, 2)
 
 
+def _raster_uv_colors(uvs, faces_uv, corner_colors, size: int):
+    """Colours [F, 3, 3] at the corners of the UV triangles, interpolated over the texels they
+    cover -> (texture [S, S, 3] float, covered [S, S], the raster's (face, x, y, barycentric))."""
+    uvs = np.asarray(uvs, dtype=np.float64)
+    pixel_xy = np.stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size], axis=1)
+    face, px, py, bary = rasterize(pixel_xy[np.asarray(faces_uv, dtype=np.int64)], size, size)
+    texture = np.zeros((size, size, 3))
+    covered = np.zeros((size, size), bool)
+    texture[py, px] = np.einsum("pk,pkc->pc", bary, np.asarray(corner_colors, dtype=np.float64)[face])
+    covered[py, px] = True
+    return texture, covered, (face, px, py, bary)
+
+
 def bake_vertex_colors(uvs, faces_uv, colors, size: int = 1024) -> np.ndarray:
     """Rasterise per-vertex colours [V', 3] (float [0, 1]) over UV triangles into uint8 size x size x 3.
 
     uvs/faces_uv as `uv_unwrap` returns them; colors indexed like uvs (use colors[vmapping] for
     colours of the original vertices).  Uncovered texels take the nearest covered texel's colour.
     """
-    uvs = np.asarray(uvs, dtype=np.float64)
     colors = np.asarray(colors, dtype=np.float64)[:, :3]
     faces_uv = np.asarray(faces_uv, dtype=np.int64)
-    pixel_xy = np.stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size], axis=1)
-    face, px, py, bary = rasterize(pixel_xy[faces_uv], size, size)
-    texture = np.zeros((size, size, 3))
-    covered = np.zeros((size, size), bool)
-    texture[py, px] = np.einsum("pk,pkc->pc", bary, colors[faces_uv[face]])
-    covered[py, px] = True
+    texture, covered, _ = _raster_uv_colors(uvs, faces_uv, colors[faces_uv], size)
     texture = _fill_gutters(texture, covered)
     return np.clip(np.round(texture * 255.0), 0, 255).astype(np.uint8)
 
@@ -424,13 +431,8 @@ def bake_object_texture(vertices, faces, colors, size: int = 512, *, photo=None,
                                             fallback=base)
 
     vmapping, faces_uv, uvs = uv_unwrap(vertices, faces, texture_size=size)
-    pixel_xy = np.stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size], axis=1)
-    face, px, py, bary = rasterize(pixel_xy[faces_uv], size, size)
-    texture = np.zeros((size, size, 3))
-    covered = np.zeros((size, size), bool)
     # vmapping[faces_uv] == faces: the UV triangles are the mesh triangles, in order.
-    texture[py, px] = np.einsum("pk,pkc->pc", bary, base[faces[face]])
-    covered[py, px] = True
+    texture, covered, (face, px, py, bary) = _raster_uv_colors(uvs, faces_uv, base[faces], size)
 
     photo_texels = None
     if image is not None:

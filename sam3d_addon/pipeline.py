@@ -209,7 +209,7 @@ class Sam3DPipeline:
         mask_arrays = [read_mask(m, photo.size, name=n) for m, n in zip(masks, names)]
         timings["read"] = time.perf_counter() - t_start
 
-        camera, scene_scale = self.match_camera(photo)
+        camera, focal_ratio = self.match_camera(photo)
         objects = []
         n = len(mask_arrays)
         # The bar: sampling, then the layout fit (a tenth), then baking (a twentieth).
@@ -244,7 +244,7 @@ class Sam3DPipeline:
                 if tex.vertices is not None and len(tex.vertices):
                     verts, faces, colors = tex.vertices, tex.faces, tex.colors
                 gaussians = tex.gaussians
-            t, s = out["t"] * scene_scale, out["s"] * scene_scale
+            t, s = pose_mod.retarget_to_focal(out["t"], out["s"], focal_ratio)
             objects.append(ObjectResult(
                 name=name, mask=None if isinstance(src, np.ndarray) else str(src),
                 vertices=verts, faces=faces,
@@ -296,17 +296,17 @@ class Sam3DPipeline:
             timings["bake"] = timings.get("bake", 0.0) + time.perf_counter() - t0
 
     def match_camera(self, photo: Photo) -> tuple[CameraResult, float]:
-        """The Blender camera for the photo and the scene scale that goes with its focal length."""
+        """The Blender camera for the photo, and f_photo / f_train (see `pose.retarget_to_focal`)."""
         w, h = photo.size
         longer = max(w, h)
         if photo.focal_px:
             focal_px, source = photo.focal_px, "exif"
         else:
             focal_px, source = pose_mod.fov_to_focal_px(self.card.camera_fov_deg, longer), "model"
-        scale = pose_mod.scene_scale_for_focal(focal_px, longer, self.card.camera_fov_deg)
+        ratio = pose_mod.focal_ratio(focal_px, longer, self.card.camera_fov_deg)
         cam = CameraResult(
             matrix_world=pose_mod.default_camera_matrix_world(),
             lens_mm=float(focal_px * SENSOR_WIDTH_MM / longer), sensor_width_mm=SENSOR_WIDTH_MM,
             resolution=(w, h), image_path=photo.path, image=photo.rgb, focal_source=source,
         )
-        return cam, scale
+        return cam, ratio

@@ -163,15 +163,26 @@ def decompose(matrix_world: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return M[:3, 3].copy(), matrix_to_quaternion(rot), scale
 
 
-def scene_scale_for_focal(photo_focal_px: float, longer_side_px: int, train_fov_deg: float) -> float:
-    """Global scale about the camera centre when the photo's focal length differs from training.
+def focal_ratio(photo_focal_px: float, longer_side_px: int, train_fov_deg: float) -> float:
+    """k = f_photo / f_train, both in pixels of the longer side (1 when the photo has the training
+    field of view)."""
+    return float(photo_focal_px / fov_to_focal_px(train_fov_deg, longer_side_px))
 
-    The model reads size and position from pixels as if the photo had the training field of view;
-    with the photo's true focal length the same pixels mean the scene is k times farther (and k
-    times larger), k = f_photo / f_train, both in pixels of the longer side.
+
+def retarget_to_focal(t: np.ndarray, s: np.ndarray, k: float) -> tuple[np.ndarray, np.ndarray]:
+    """A pose the model read as if the photo had the training focal length, moved so that it
+    projects onto the same pixels through the photo's focal length k * f_train.
+
+    The model places the object where its pixels say under f_train: u = f_train * x / z.  Through
+    k * f_train the same pixels and the same pixel size mean the object is k times farther at
+    the same lateral offset and the same size: (x, y, z) -> (x, y, k z), s unchanged (+z is the
+    model camera's forward axis).  A uniform scale of the scene about the camera would keep the
+    directions of f_train's rays instead, and put off-centre objects k times too far from the
+    image centre and k times too large.
     """
-    f_train_px = (longer_side_px / 2.0) / math.tan(math.radians(train_fov_deg) / 2.0)
-    return float(photo_focal_px / f_train_px)
+    t = np.array(t, dtype=np.float64, copy=True)
+    t[..., 2] *= float(k)
+    return t, np.array(s, dtype=np.float64, copy=True)
 
 
 def fov_to_focal_px(fov_deg: float, side_px: int) -> float:

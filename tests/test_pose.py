@@ -67,7 +67,41 @@ def test_decode_encode_pose_with_stats():
     assert np.allclose(R2, R) and np.allclose(t2, t) and np.allclose(s2, s)
 
 
-def test_scene_scale_for_focal():
+def test_focal_ratio():
     f = pose.fov_to_focal_px(50.0, 256)
-    assert pose.scene_scale_for_focal(f, 256, 50.0) == pytest.approx(1.0)
-    assert pose.scene_scale_for_focal(2 * f, 256, 50.0) == pytest.approx(2.0)
+    assert pose.focal_ratio(f, 256, 50.0) == pytest.approx(1.0)
+    assert pose.focal_ratio(2 * f, 256, 50.0) == pytest.approx(2.0)
+
+
+def _project(points_cam, focal):
+    """Pixels (u, v) about the image centre of model-camera points (+x left, +y up, +z forward)."""
+    p = np.asarray(points_cam, float)
+    return np.stack([-focal * p[:, 0] / p[:, 2], -focal * p[:, 1] / p[:, 2]], axis=1)
+
+
+def _box_iou(a, b):
+    lo, hi = np.maximum(a.min(0), b.min(0)), np.minimum(a.max(0), b.max(0))
+    inter = np.prod(np.clip(hi - lo, 0, None))
+    area = lambda x: np.prod(x.max(0) - x.min(0))  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+@pytest.mark.parametrize("k", [0.6, 1.7, 2.5])
+def test_retarget_to_focal_keeps_the_object_on_its_pixels(k):
+    """A pose read under the training focal, retargeted to a photo with k times that focal,
+    projects through the photo's focal onto the same pixels (centre exactly, box IoU > 0.8); the
+    uniform scale about the camera it replaces does not (the control)."""
+    rng = np.random.default_rng(int(10 * k))
+    f_train = pose.fov_to_focal_px(50.0, 256)
+    R, t, s = random_rotation(rng), np.array([0.9, -0.5, 3.0]), np.full(3, 0.6)
+    corners = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    seen = _project((corners * s) @ R + t, f_train)
+
+    t2, s2 = pose.retarget_to_focal(t, s, k)
+    moved = _project((corners * s2) @ R + t2, k * f_train)
+    assert np.allclose(_project(t2[None], k * f_train), _project(t[None], f_train))
+    assert _box_iou(seen, moved) > 0.8  # not 1: the perspective of a longer lens differs
+    assert np.array_equal(t, [0.9, -0.5, 3.0])  # the input is not changed
+
+    uniform = _project((corners * s * k) @ R + t * k, k * f_train)
+    assert _box_iou(seen, uniform) < 0.5

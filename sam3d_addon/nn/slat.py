@@ -43,6 +43,11 @@ class SLatFlowConfig:
     io_block_channels: tuple[int, ...] = (128,)  # one downsample x2 per entry
     time_features: int = 256
     use_skip_connection: bool = True
+    # The mean of the condition tokens, projected, is added to the time embedding, so every block
+    # (the voxel-level res blocks too) is modulated by the condition, not only the cross-attention.
+    # The official model has no such path; the tiny one needs it to carry the photo's colour to
+    # every voxel (see TextureConditionEncoder).
+    pooled_cond_modulation: bool = False
 
     @property
     def num_downsamples(self) -> int:
@@ -53,7 +58,7 @@ SLAT_FLOW_PRESETS = {
     "official": SLatFlowConfig(),
     # Trains on two CPU cores: 32^3 voxels (the tiny geometry model's occupancy grid), attention on 16^3.
     "tiny": SLatFlowConfig(resolution=32, model_channels=64, cond_channels=128, num_blocks=2, num_heads=2,
-                           io_block_channels=(32,)),
+                           io_block_channels=(32,), pooled_cond_modulation=True),
 }
 
 
@@ -172,6 +177,8 @@ class SLatFlowModel(nn.Module):
         channels, io = config.model_channels, list(config.io_block_channels)
         skip = 2 if config.use_skip_connection else 1
         self.t_embedder = TimestepEmbedder(channels, config.time_features)
+        if config.pooled_cond_modulation:
+            self.cond_embedder = nn.Linear(config.cond_channels, channels)
         self.input_layer = nn.Linear(config.in_channels, io[0])
         # (block, level of its output grid); each io level ends with a downsample block.
         self.input_blocks = nn.ModuleList()
@@ -200,6 +207,8 @@ class SLatFlowModel(nn.Module):
         if unconditional:
             cond = cond * 0  # the official CFG branch
         c = self.t_embedder(t)
+        if self.config.pooled_cond_modulation:
+            c = c + self.cond_embedder(cond.mean(dim=1))
         h = self.input_layer(x[0])
         skips = []
         for block, level in zip(self.input_blocks, self._input_levels):

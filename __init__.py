@@ -6,7 +6,10 @@ core (pipeline, ONNX Runtime, pose) is the `sam3d_addon` package next to this fi
 relatively so the extension works under any repository module name (`bl_ext.<repo>.sam3d`).
 """
 
-from . import operators, panels
+if __package__:  # Blender imports the extension as a package (bl_ext.<repo>.<id>)
+    from . import operators, panels
+# else: imported as a lone module, as pytest does with a checkout in a folder whose name is not
+# a Python identifier (e.g. a "sam3d-blender" clone); there is nothing to register then.
 
 
 def register():

@@ -42,14 +42,22 @@ def srgb_to_linear(c):
 
 
 @pytest.fixture
-def cube_scene():
-    """Empty scene, white uniform world (no sun), a cube at the origin and a camera looking at it."""
+def white_scene():
+    """An empty scene lit only by a uniform white world (diffuse albedo = rendered colour)."""
     scene = bridge.reset_to_empty_scene()
     for ob in [o for o in bpy.data.objects if o.type == "LIGHT"]:
         bpy.data.objects.remove(ob)
     bg = next(n for n in scene.world.node_tree.nodes if n.type == "BACKGROUND")
     bg.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
     bg.inputs["Strength"].default_value = 1.0
+    yield scene
+    bridge.reset_to_empty_scene()
+
+
+@pytest.fixture
+def cube_scene(white_scene):
+    """The white-world scene with a cube at the origin and a camera looking at it."""
+    scene = white_scene
     v, f = cube_mesh()
     ob = bpy.data.objects.new("cube", bridge.mesh_from_numpy("cube", v, f, smooth=False))
     scene.collection.objects.link(ob)
@@ -62,8 +70,7 @@ def cube_scene():
     scene.render.resolution_x = scene.render.resolution_y = 48
     scene.render.resolution_percentage = 100
     bpy.context.view_layer.update()
-    yield scene, ob
-    bridge.reset_to_empty_scene()
+    return scene, ob
 
 
 def _links_to_base_color(mat):
@@ -178,16 +185,6 @@ def textured_result(output="mesh", gaussians=False, names=("chair",)):
     return SimpleNamespace(objects=objects, camera=camera, timings={}, device="cpu", output=output)
 
 
-@pytest.fixture
-def white_scene():
-    """An empty scene lit only by a uniform white world (diffuse albedo = rendered colour)."""
-    scene = bridge.reset_to_empty_scene()
-    for ob in [o for o in bpy.data.objects if o.type == "LIGHT"]:
-        bpy.data.objects.remove(ob)
-    bg = next(n for n in scene.world.node_tree.nodes if n.type == "BACKGROUND")
-    bg.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
-    yield scene
-    bridge.reset_to_empty_scene()
 
 
 def test_build_result_wires_the_baked_texture_and_renders_it(white_scene, tmp_path):

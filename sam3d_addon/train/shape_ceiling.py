@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import metrics
 from ..nn.bundle import build_models
 from ..nn.vae import grid_to_tokens, tokens_to_grid
 from .data import load_split
@@ -62,9 +63,8 @@ def _images(arrays, idx) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def voxel_iou(pred: np.ndarray, occ: np.ndarray) -> float:
-    inter = (pred & occ).sum(axis=(1, 2, 3))
-    union = (pred | occ).sum(axis=(1, 2, 3))
-    return float(np.mean(inter / np.maximum(union, 1)))
+    """Mean voxel IoU over a batch of grids [B, R, R, R]."""
+    return float(np.mean([metrics.voxel_iou(p, o) for p, o in zip(pred, occ)]))
 
 
 def main(argv=None) -> int:

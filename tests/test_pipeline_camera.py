@@ -10,17 +10,17 @@ from PIL import Image
 from sam3d_addon import contract, pose
 from sam3d_addon.pipeline import Sam3DPipeline
 from sam3d_addon.preprocess import read_photo
+from sam3d_addon.texture.bake import canonical_to_opencv_camera, pinhole_intrinsics, project_points
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _centre_pixel(result):
-    """Pixel (u, v) of each object's origin through the result's camera (focal from lens_mm)."""
+    """Pixel of each object's origin through the result's camera (focal from lens_mm)."""
     cam = result.camera
-    focal = cam.lens_mm * max(cam.resolution) / cam.sensor_width_mm
-    w, h = cam.resolution
-    t = np.array([o.translation for o in result.objects])  # model camera frame: +x left, +y up, +z forward
-    return np.stack([w / 2 - focal * t[:, 0] / t[:, 2], h / 2 - focal * t[:, 1] / t[:, 2]], axis=1)
+    K = pinhole_intrinsics(cam.lens_mm * max(cam.resolution) / cam.sensor_width_mm, *cam.resolution)
+    return np.concatenate([project_points(canonical_to_opencv_camera(np.zeros((1, 3)), o.rotation, o.translation, o.scale), K)
+                           for o in result.objects])
 
 
 def test_exif_focal_length_keeps_objects_on_their_pixels(tmp_path):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from sam3d_addon import pose
+from sam3d_addon.texture.bake import canonical_to_opencv_camera, pinhole_intrinsics, project_points
 
 
 def random_rotation(rng):
@@ -73,10 +74,9 @@ def test_focal_ratio():
     assert pose.focal_ratio(2 * f, 256, 50.0) == pytest.approx(2.0)
 
 
-def _project(points_cam, focal):
-    """Pixels (u, v) about the image centre of model-camera points (+x left, +y up, +z forward)."""
-    p = np.asarray(points_cam, float)
-    return np.stack([-focal * p[:, 0] / p[:, 2], -focal * p[:, 1] / p[:, 2]], axis=1)
+def _project(corners, R, t, s, focal):
+    """Pixels of canonical points posed by (R, t, s), through a centred pinhole of `focal` px."""
+    return project_points(canonical_to_opencv_camera(corners, R, t, s), pinhole_intrinsics(focal, 256, 256))
 
 
 def _box_iou(a, b):
@@ -95,13 +95,14 @@ def test_retarget_to_focal_keeps_the_object_on_its_pixels(k):
     f_train = pose.fov_to_focal_px(50.0, 256)
     R, t, s = random_rotation(rng), np.array([0.9, -0.5, 3.0]), np.full(3, 0.6)
     corners = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
-    seen = _project((corners * s) @ R + t, f_train)
+    seen = _project(corners, R, t, s, f_train)
 
     t2, s2 = pose.retarget_to_focal(t, s, k)
-    moved = _project((corners * s2) @ R + t2, k * f_train)
-    assert np.allclose(_project(t2[None], k * f_train), _project(t[None], f_train))
+    moved = _project(corners, R, t2, s2, k * f_train)
+    origin = np.zeros((1, 3))
+    assert np.allclose(_project(origin, R, t2, s2, k * f_train), _project(origin, R, t, s, f_train))
     assert _box_iou(seen, moved) > 0.8  # not 1: the perspective of a longer lens differs
     assert np.array_equal(t, [0.9, -0.5, 3.0])  # the input is not changed
 
-    uniform = _project((corners * s * k) @ R + t * k, k * f_train)
+    uniform = _project(corners, R, t * k, s * k, k * f_train)
     assert _box_iou(seen, uniform) < 0.5

@@ -1,6 +1,8 @@
 """The texture stage at run time (ONNX Runtime, no torch on this path) on an untrained texture
 model of the real contract: shapes, chunking, the pipeline's `output` switch and its errors."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -114,6 +116,9 @@ def test_texture_recipe_end_to_end(tmp_path):
     assert main(["train-texture", "--data", str(data), "--out", str(run), "--steps", "2,2"]) == 0
     log = [line for line in (run / "train_log.jsonl").read_text().splitlines() if line]
     assert any('"stage": "vae"' in line for line in log) and any('"stage": "flow"' in line for line in log)
+    flow_rows = [json.loads(line) for line in log if '"stage": "flow"' in line and '"step"' in line]
+    # the flow's loss has both parts: velocity and the decoded colour of its data estimate
+    assert flow_rows and flow_rows[-1]["flow"] > 0 and flow_rows[-1]["rgb"] > 0
     assert main(["export-texture", "--checkpoint", str(run / "texture_model.pt"), "--out", str(model),
                  "--version", "0.0.1-test"]) == 0
     card = load_texture_card(model)
@@ -125,3 +130,38 @@ def test_texture_recipe_end_to_end(tmp_path):
     stage = TextureStage(model, device="cpu")
     res = stage.run(sample["occupancy"], prepare_inputs(sample["rgb"], sample["mask"], card.input_size), steps=2)
     assert res.vertices is not None and len(res.faces) > 0
+
+
+def test_tiny_colours_are_relative_to_the_crop_colour(texture_model):
+    """The tiny card's decoders give colour relative to the crop's mean colour (texture.reference):
+    even the untrained model paints a red photo's object red and a blue one's blue."""
+    stage = TextureStage(texture_model, device="cpu")
+    assert stage.card.data["decoders"]["color_reference"] == "crop_mean"
+    means = {}
+    for name, rgb in (("red", (0.85, 0.1, 0.1)), ("blue", (0.1, 0.15, 0.85))):
+        inputs = _inputs(stage.card.input_size)
+        inputs["image"][:] = np.asarray(rgb, np.float32)[None, :, None, None]
+        res = stage.run(_ball(), inputs, output="both", seed=0)
+        means[name] = res.colors.mean(axis=0)
+        assert np.abs(res.gaussians["colors"].mean(axis=0) - means[name]).max() < 0.25
+    assert means["red"][0] > means["red"][2] + 0.3 and means["blue"][2] > means["blue"][0] + 0.3
+
+
+def test_reference_colour_round_trip_and_torch_twin():
+    import torch
+
+    from sam3d_addon.texture.reference import absolute_colors, crop_reference_color, relative_colors
+    from sam3d_addon.train.texture import absolute_colors_torch
+
+    rng = np.random.default_rng(0)
+    albedo, ref = rng.random((50, 3)), np.array([0.2, 0.6, 0.9])
+    assert np.allclose(absolute_colors(relative_colors(albedo, ref), ref), np.clip(albedo, 1e-4, 1 - 1e-4), atol=1e-5)
+    assert np.allclose(absolute_colors(np.full((4, 3), 0.5), ref), ref, atol=1e-6)  # 0.5 = the reference
+    rel = rng.random((50, 3)).astype(np.float32)
+    assert np.allclose(absolute_colors_torch(torch.from_numpy(rel), ref).numpy(), absolute_colors(rel, ref), atol=1e-6)
+    image = np.zeros((1, 3, 8, 8))
+    image[0, :, :4] = np.array([1.0, 0.0, 0.0])[:, None, None]
+    mask = np.zeros((1, 1, 8, 8))
+    mask[0, 0, :4] = 1.0  # only the red half counts
+    assert np.allclose(crop_reference_color(image, mask), [1.0, 0.0, 0.0])
+    assert np.allclose(crop_reference_color(image, np.zeros_like(mask)), [0.5, 0.0, 0.0])  # empty mask: whole crop

@@ -56,6 +56,9 @@ class SLatDecoderConfig:
     upsample_channels: tuple[int, ...] = (192, 96)  # one subdivide (x2) block per entry
     num_groups: int = 32
     representation: str = "flexicubes"  # or "sdf_rgb"
+    # Colour outputs relative to the object's mean photo colour (`texture.reference`); the
+    # official decoders give absolute colour.
+    color_reference: bool = False
 
     @property
     def mesh_out_channels(self) -> int:
@@ -66,7 +69,8 @@ SLAT_DECODER_PRESETS = {
     "official": SLatDecoderConfig(),
     "official_gs_4": SLatDecoderConfig(num_gaussians=4),
     "tiny": SLatDecoderConfig(resolution=32, model_channels=64, num_blocks=2, num_heads=2, window_size=8,
-                              num_gaussians=4, upsample_channels=(32,), num_groups=8, representation="sdf_rgb"),
+                              num_gaussians=4, upsample_channels=(32,), num_groups=8, representation="sdf_rgb",
+                              color_reference=True),
 }
 
 

@@ -54,7 +54,9 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
                  "bounds": [-0.5, 0.5], "sdf_units": "fine voxels, negative inside", "color_space": "sRGB"},
         "flow": {"num_downsamples": model.flow.config.num_downsamples},
         "decoders": {"representation": dec.representation, "num_gaussians": model.gaussian_decoder.config.num_gaussians,
-                     "chunk_block": CHUNK_BLOCK, "chunk_halo": CHUNK_HALO, **decoder_window_spec(model.mesh_decoder)},
+                     "chunk_block": CHUNK_BLOCK, "chunk_halo": CHUNK_HALO, **decoder_window_spec(model.mesh_decoder),
+                     # texture.reference: colour outputs are relative to the crop's mean colour
+                     "color_reference": "crop_mean" if dec.color_reference else "none"},
         "sampler": {"steps": 25, "cfg_strength": 1.0, "cfg_interval": [0.0, 500.0], "rescale_t": 1.0, "time_scale": 1000.0},
     }
     for key, value in card_fields.items():

@@ -24,6 +24,7 @@ from ..contract import ModelCard, load_texture_card
 from ..sparse_index import decoder_window_maps, level_index_maps, subdivision_maps
 from ..runtime import SessionCache
 from ..sampler import FlowSampler, initial_noise
+from .reference import absolute_colors, crop_reference_color
 from .voxels import sparse_sdf_to_mesh, surface_voxel_coords
 
 GAUSSIAN_KEYS = ("xyz", "scales", "rotations", "opacities", "colors")
@@ -148,11 +149,18 @@ class TextureStage:
         feats = self.sample_latent(coords, inputs, seed, steps, cfg_strength, progress, cancel)
         res.timings["texture_sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        reference = None
+        if self.card.data["decoders"].get("color_reference", "none") == "crop_mean":
+            reference = crop_reference_color(inputs["image"], inputs["mask"])
         if output in ("mesh", "both"):
             fine, sdf, rgb = self.decode_mesh(feats, coords, max_voxels)
+            if reference is not None:
+                rgb = absolute_colors(rgb, reference)
             res.vertices, res.faces, res.colors = sparse_sdf_to_mesh(
                 fine, sdf, rgb, 2 * occupancy.shape[0], inside=occupancy)
         if output in ("gaussians", "both"):
             res.gaussians = self.decode_gaussians(feats, coords, max_voxels)
+            if reference is not None:
+                res.gaussians["colors"] = absolute_colors(res.gaussians["colors"], reference)
         res.timings["texture_decode"] = time.perf_counter() - t0
         return res

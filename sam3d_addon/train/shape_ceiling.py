@@ -40,19 +40,36 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class CropCNN(nn.Module):
-    """Object crop (RGB + mask, 84 px) -> the shape latent's tokens [B, T, C] (normalised)."""
+    """Object crop (RGB + mask, 84 px) -> the shape latent's tokens [B, T, C] (normalised).
 
-    def __init__(self, tokens: int, channels: int, width: int = 32):
+    head="flatten": the 6x6 feature map, flattened, through an MLP (a plain regressor).
+    head="attention": the 36 feature vectors as tokens (plus a learned position embedding) read by
+    the geometry recipe's own `ConditionProbe` (learned queries, one cross-attention): the same
+    head as the ViT's probe, so the two runs separate the encoder's share from the head's."""
+
+    def __init__(self, tokens: int, channels: int, width: int = 32, head: str = "flatten", cond_channels: int = 128):
         super().__init__()
         w = width
         self.features = nn.Sequential(_block(4, w, 1), _block(w, 2 * w, 2), _block(2 * w, 4 * w, 2),
                                       _block(4 * w, 6 * w, 2), _block(6 * w, 8 * w, 2))  # 84 -> 6
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * w * 36, 512), nn.SiLU(),
-                                  nn.Linear(512, tokens * channels))
+        self.head_kind = head
+        if head == "flatten":
+            self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * w * 36, 512), nn.SiLU(),
+                                      nn.Linear(512, tokens * channels))
+        elif head == "attention":
+            from .loop import ConditionProbe
+
+            self.to_tokens = nn.Linear(8 * w, cond_channels)
+            self.position = nn.Parameter(torch.randn(1, 36, cond_channels) * 0.02)
+            self.head = ConditionProbe(cond_channels, tokens, channels, pose_dims=1)
+        else:
+            raise ValueError(f"unknown head {head!r}")
         self.tokens, self.channels = tokens, channels
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.features(torch.cat([image, mask], dim=1))
+        if self.head_kind == "attention":
+            return self.head(self.to_tokens(h.flatten(2).transpose(1, 2)) + self.position)[0]
         return self.head(h).view(-1, self.tokens, self.channels)
 
 
@@ -77,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="training samples (default: all)")
     p.add_argument("--test", type=int, default=64, help="held-out samples (the probe uses 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head", choices=("flatten", "attention"), default="flatten",
+                   help="attention: the ViT probe's own head over the CNN's 6x6 feature tokens")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -107,7 +126,8 @@ def main(argv=None) -> int:
         grid = tokens_to_grid(tokens_normalised * std + mean, res)
         return (bundle.decoder(grid)[:, 0] > 0).numpy()
 
-    model = CropCNN(target.shape[1], target.shape[2])
+    model = CropCNN(target.shape[1], target.shape[2], head=args.head,
+                    cond_channels=bundle.config.condition.cond_channels)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     rng = np.random.default_rng(args.seed)
     budget, step, total, t0 = args.minutes * 60.0, 0, None, time.time()
@@ -142,7 +162,7 @@ def main(argv=None) -> int:
         "mean_latent_heldout_viou": round(voxel_iou(decode(torch.zeros(len(test), *target.shape[1:])), test.occupancy), 4),
         "mean_occupancy_heldout_viou": round(constant[0], 4), "mean_occupancy_threshold": constant[1],
         "steps": step, "seconds": round(time.time() - t0, 1), "train_samples": len(train), "heldout_samples": len(test),
-        "run": str(args.run),
+        "run": str(args.run), "head": args.head,
     }
     print(json.dumps(report))
     return 0

@@ -13,7 +13,12 @@ latent: 8 channels per active voxel), in two stages:
 2. Flow.  The sparse latent flow transformer (`nn.slat`, tiny preset) learns the velocity from
    noise to the normalised latents, conditioned on the tokens of its own small condition encoder
    (the geometry model's embedder layout, `nn.condition`, tiny preset) over the photo crop and
-   the mask, with condition dropout for classifier-free guidance.
+   the mask, with condition dropout for classifier-free guidance, training times shifted towards
+   the noise end and a colour target on its data estimate (see `train_flow`).
+
+Colour is relative to the photo (the tiny preset's `color_reference`, `texture.reference`): the
+encoder reads each voxel's albedo relative to the crop's mean colour and the decoders' colours
+are turned back into sRGB with the same reference before every colour loss.
 
 Data: a `sam3d data --texture` set (albedo views and per-voxel albedo, see
 `sam3d_addon/data/texture_views.py`).  Colours are sRGB in [0, 1] (what textures store).
@@ -41,6 +46,7 @@ from ..nn.config import get_config
 from ..nn.slat import build_slat_flow, levels_for
 from ..nn.slat_decoders import SLatTrunk, build_slat_decoders, get_slat_decoder_config, mesh_subdivisions
 from ..preprocess import prepare_inputs
+from ..texture.reference import COLOR_CLIP, REFERENCE_CLIP, crop_reference_color, relative_colors
 from ..texture.voxels import SDF_CLAMP, fine_sdf_grid
 from .data import IMAGE_KEYS, POINT_KEYS
 from .loop import stage_values, train_stage
@@ -60,6 +66,12 @@ class TextureSchedule:
     flow_lr: float = 5e-4
     warmup: int = 100
     p_uncond: float = 0.1
+    # The flow's colour target: the mesh decoder's colour of the flow's own data estimate
+    # x_t + (1 - t) v, against the voxels' albedo (see `train_flow`).
+    flow_rgb_weight: float = 1.0
+    # Training times t = sigmoid(n - log(shift)), n ~ N(0, 1): shift > 1 puts more of them near the
+    # noise end (see `train_flow`); the card's sampler uses the same rescale (rescale_t = shift).
+    flow_t_shift: float = 8.0
     sdf_weight: float = 1.0
     rgb_weight: float = 1.0
     gaussian_weight: float = 0.5
@@ -75,6 +87,7 @@ class TextureObject:
     surface: np.ndarray  # [P, 3] float32 ground-truth surface samples, canonical frame
     images: dict  # condition inputs (uint8 images [C, S, S])
     path: str
+    reference: np.ndarray  # [3] the crop's mean colour (texture.reference)
 
 
 def _load_texture_object(task) -> TextureObject:
@@ -96,7 +109,9 @@ def _load_texture_object(task) -> TextureObject:
     surface = trimesh.sample.sample_surface(mesh, surface_points, seed=rng)[0].astype(np.float32)
     inputs = prepare_inputs(s["rgb"], s["mask"], input_size)
     images = {k: np.clip(inputs[k][0] * 255.0 + 0.5, 0, 255).astype(np.uint8) for k in IMAGE_KEYS}
-    return TextureObject(coords, albedo, child.astype(np.float32), surface, images, str(p))
+    # from the stored uint8 crop, as the condition encoder sees it in training
+    reference = crop_reference_color(images["image"] / 255.0, images["mask"] / 255.0).astype(np.float32)
+    return TextureObject(coords, albedo, child.astype(np.float32), surface, images, str(p), reference)
 
 
 def load_texture_objects(data_dir, split: str, input_size: int, limit: int | None = None,
@@ -196,9 +211,24 @@ class TextureBundle(nn.Module):
         self.condition_encoder = TextureConditionEncoder(get_config(preset).condition)
 
 
-def encoder_features(obj: TextureObject) -> torch.Tensor:
+def absolute_colors_torch(relative: torch.Tensor, reference: np.ndarray) -> torch.Tensor:
+    """`texture.reference.absolute_colors` in torch (differentiable), for the losses."""
+    ref = torch.from_numpy(np.clip(np.asarray(reference, np.float32), *REFERENCE_CLIP))
+    return torch.sigmoid(torch.logit(relative.clamp(*COLOR_CLIP)) + torch.logit(ref))
+
+
+def decoded_colors(decoder, colors: torch.Tensor, obj: TextureObject) -> torch.Tensor:
+    """A decoder's colour output as sRGB: relative to the object's reference when the preset says so."""
+    return absolute_colors_torch(colors, obj.reference) if decoder.config.color_reference else colors
+
+
+def encoder_features(obj: TextureObject, color_reference: bool = True) -> torch.Tensor:
+    """Per voxel: its colour (relative to the object's reference colour when the decoders' preset
+    works that way, so the latent holds what the photo's mean does not say), in [-1, 1], and its
+    8 children's clamped SDF."""
     sdf = np.clip(obj.child_sdf, -SDF_CLAMP, SDF_CLAMP) / SDF_CLAMP
-    return torch.from_numpy(np.concatenate([obj.albedo * 2 - 1, sdf], axis=1).astype(np.float32))
+    color = relative_colors(obj.albedo, obj.reference) if color_reference else obj.albedo
+    return torch.from_numpy(np.concatenate([color * 2 - 1, sdf], axis=1).astype(np.float32))
 
 
 def gaussian_losses(decoder, feats, coords_t, obj: TextureObject):
@@ -211,7 +241,7 @@ def gaussian_losses(decoder, feats, coords_t, obj: TextureObject):
     target = torch.from_numpy(obj.surface[idx])
     position = (flat - target).pow(2).sum(-1).mean() * (decoder.config.resolution ** 2)  # voxel units^2
     albedo = torch.from_numpy(obj.albedo)[:, None, :].expand(-1, g, -1)
-    color = (colors - albedo).abs().mean()
+    color = (decoded_colors(decoder, colors, obj) - albedo).abs().mean()
     opacity = F.binary_cross_entropy(opacities.clamp(1e-4, 1 - 1e-4), torch.ones_like(opacities))
     size = (torch.log(scales * decoder.config.resolution) - math.log(0.5)).abs().mean()
     return position + color + 0.1 * opacity + 0.1 * size, {"g_pos": position.item(), "g_rgb": color.item()}
@@ -223,7 +253,7 @@ def mesh_losses(decoder, feats, coords_t, subdivisions, obj: TextureObject):
     sdf_loss = F.l1_loss(sdf.clamp(-SDF_CLAMP, SDF_CLAMP), target)
     albedo = torch.from_numpy(np.repeat(obj.albedo, 8, axis=0))
     near = (target.abs() < 1.5).float()[:, None]  # colour matters where the surface is
-    rgb_loss = ((rgb - albedo).abs() * near).sum() / (3 * near.sum().clamp(min=1))
+    rgb_loss = ((decoded_colors(decoder, rgb, obj) - albedo).abs() * near).sum() / (3 * near.sum().clamp(min=1))
     return sdf_loss, rgb_loss
 
 
@@ -236,6 +266,7 @@ class TextureTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
         self.model = TextureBundle()
+        self.color_reference = self.model.mesh_decoder.config.color_reference
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.state = {"stage": "vae", "step": 0, "seconds": {}}
@@ -301,7 +332,7 @@ class TextureTrainer:
             for i in self.rng.integers(0, len(objects), s.vae_objects):
                 obj = objects[i]
                 coords_t, subdiv, _ = self._indices(int(i), obj)
-                mean, logvar = m.encoder(encoder_features(obj), coords_t)
+                mean, logvar = m.encoder(encoder_features(obj, self.color_reference), coords_t)
                 z = mean + torch.randn(mean.shape, generator=self.generator) * torch.exp(0.5 * logvar)
                 sdf_loss, rgb_loss = mesh_losses(m.mesh_decoder, z, coords_t, subdiv, obj)
                 g_loss, g_parts = gaussian_losses(m.gaussian_decoder, z, coords_t, obj)
@@ -320,7 +351,8 @@ class TextureTrainer:
     @torch.no_grad()
     def encode_latents(self, objects) -> list[torch.Tensor]:
         self.model.encoder.eval()
-        lat = [self.model.encoder(encoder_features(o), self._indices(i, o)[0])[0] for i, o in enumerate(objects)]
+        lat = [self.model.encoder(encoder_features(o, self.color_reference), self._indices(i, o)[0])[0]
+               for i, o in enumerate(objects)]
         self.model.encoder.train()
         if self.latent_mean is None:
             allz = torch.cat(lat)
@@ -330,23 +362,49 @@ class TextureTrainer:
         return [(z - mean) / std for z in lat]
 
     def train_flow(self, objects, resume, budget):
+        """Flow matching over the normalised latents, plus a colour target on the flow's data
+        estimate.  Why the colour target: the latent at t >= 0.5 already fixes the object's colour,
+        so colour is decided at small t, where the velocity loss is dominated by the noise's own
+        variance and the condition's gradient is weak.  Measured on 0.2.0 (trained without it): its
+        t = 0 estimate of a white object decoded to 0.41 grey with and without the condition, and
+        samples came out compressed to mid-grey.  Decoding x_t + (1 - t) v with the frozen mesh
+        decoder and asking its colour to match the albedo puts the photo's colour into the loss at
+        every t.  For the same reason the training times are shifted towards the noise end
+        (`flow_t_shift`; the card's sampler rescales its steps alike): an object's colour is shared
+        by thousands of voxels, so the network can read it off x_t's average at any t that is not
+        close to 0, and only the times near 0 teach it to take the colour from the condition.
+        Measured, fine-tuning 0.2.0 for 8 min on 600 objects with both: a white object's sample went
+        from 0.48 to 0.69 grey, and PSNR on 16 held-out objects from 13.3 to 14.2 dB."""
         s, m = self.schedule, self.model
         latents = self.encode_latents(objects)
+        mean, std = torch.tensor(self.latent_mean), torch.tensor(self.latent_std)
+        for p in m.mesh_decoder.parameters():  # trained in the VAE stage; a fixed reader here
+            p.requires_grad_(False)
 
         def step_fn(step):
             idx = self.rng.integers(0, len(objects), s.flow_objects)
             cond = m.condition_encoder(**condition_inputs([objects[i] for i in idx]))
             keep = (torch.rand(len(idx), generator=self.generator) >= s.p_uncond).float()
             cond = cond * keep.view(-1, 1, 1)
-            total = 0.0
+            total, flow_sum, rgb_sum = 0.0, 0.0, 0.0
             for b, i in enumerate(idx):
+                obj = objects[i]
+                coords_t, subdiv, levels = self._indices(int(i), obj)
                 x1 = latents[i][None]
-                t = torch.sigmoid(torch.randn(1, generator=self.generator))
+                t = torch.sigmoid(torch.randn(1, generator=self.generator) - math.log(s.flow_t_shift))
                 x0 = torch.randn(x1.shape, generator=self.generator)
                 xt = (1 - t) * x0 + t * x1
-                v = m.flow(xt, 1000.0 * t, cond[b:b + 1], self._indices(int(i), objects[i])[2])
-                total = total + F.mse_loss(v, x1 - x0)
-            return total / len(idx), {}
+                v = m.flow(xt, 1000.0 * t, cond[b:b + 1], levels)
+                flow_loss = F.mse_loss(v, x1 - x0)
+                total = total + flow_loss
+                flow_sum += flow_loss.item()
+                if s.flow_rgb_weight > 0 and keep[b] > 0:  # the unconditional branch has no colour to match
+                    estimate = (xt + (1 - t) * v)[0] * std + mean
+                    _, rgb_loss = mesh_losses(m.mesh_decoder, estimate, coords_t, subdiv, obj)
+                    total = total + s.flow_rgb_weight * rgb_loss
+                    rgb_sum += rgb_loss.item()
+            n = len(idx)
+            return total / n, {"flow": flow_sum / n, "rgb": rgb_sum / n}
 
         params = list(m.flow.parameters()) + list(m.condition_encoder.parameters())
         self._loop("flow", s.flow_steps, params, s.flow_lr, step_fn, resume, budget)
@@ -357,7 +415,7 @@ class TextureTrainer:
                     "state_dict": self.model.state_dict(), "latent_mean": self.latent_mean,
                     "latent_std": self.latent_std,
                     "sampler": {"steps": self.schedule.steps, "cfg_strength": self.schedule.cfg_strength,
-                                "cfg_interval": [0.0, 500.0], "rescale_t": 1.0, "time_scale": 1000.0},
+                                "cfg_interval": [0.0, 500.0], "rescale_t": self.schedule.flow_t_shift, "time_scale": 1000.0},
                     "meta": {"data": str(self.data_dir), "train_samples": n_train,
                              "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
                              "schedule": asdict(self.schedule), "seed": self.seed, "device": "cpu",

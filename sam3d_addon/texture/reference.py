@@ -1,0 +1,51 @@
+"""Colour relative to the photo: the reference colour of the tiny texture model's decoders.
+
+With `color_reference` on (the tiny preset's decoders; see `nn.slat_decoders.SLatDecoderConfig`)
+the structured latent encodes each voxel's colour *relative to the object's mean photo colour*,
+and its decoders' colour outputs are relative too: 0.5 means "the reference colour", other values
+shift it in logit space.  Why: the mean photo colour is already a good guess of an object's albedo
+(it is the texture bench's baseline), and a flow trained for an hour on 2 CPU cores learnt to
+follow the photo only part of the way (measured on 0.2.0: a white object came out 0.48 grey).
+Relative colours let the flow spend its capacity on what the photo's mean does not say (shading
+bias, parts of other colours) instead of on re-learning the photo's colour from scratch.
+
+The reference is the mask-weighted mean of the prepared crop (`preprocess.prepare_inputs`'s
+`image` and `mask`), the same statistic the texture condition encoder computes in its graph, so
+training and run time read it from identical inputs.  NumPy only; `train/texture.py` has the
+torch twin of `absolute_colors` for the losses (tested equal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+REFERENCE_CLIP = (0.02, 0.98)  # keeps the reference's logit finite (black and white photos)
+COLOR_CLIP = (1e-4, 1.0 - 1e-4)
+
+
+def _logit(x: np.ndarray) -> np.ndarray:
+    return np.log(x) - np.log1p(-x)
+
+
+def crop_reference_color(image, mask) -> np.ndarray:
+    """Mask-weighted mean RGB [3] of a prepared crop: image [(1,) 3, S, S] in [0, 1], mask
+    [(1,) 1, S, S] in [0, 1].  The whole crop's mean when the mask is empty."""
+    image = np.asarray(image, np.float64).reshape(3, *np.shape(image)[-2:])
+    weight = np.asarray(mask, np.float64).reshape(np.shape(mask)[-2:])
+    if weight.sum() < 1.0:
+        weight = np.ones_like(weight)
+    return (image * weight).sum(axis=(1, 2)) / weight.sum()
+
+
+def absolute_colors(relative, reference) -> np.ndarray:
+    """Relative colours [..., 3] (0.5 = the reference) -> sRGB in (0, 1)."""
+    rel = np.clip(np.asarray(relative, np.float64), *COLOR_CLIP)
+    ref = np.clip(np.asarray(reference, np.float64), *REFERENCE_CLIP)
+    return (1.0 / (1.0 + np.exp(-(_logit(rel) + _logit(ref))))).astype(np.float32)
+
+
+def relative_colors(albedo, reference) -> np.ndarray:
+    """The inverse of `absolute_colors`: sRGB [..., 3] -> colours relative to `reference`."""
+    alb = np.clip(np.asarray(albedo, np.float64), *COLOR_CLIP)
+    ref = np.clip(np.asarray(reference, np.float64), *REFERENCE_CLIP)
+    return (1.0 / (1.0 + np.exp(-(_logit(alb) - _logit(ref))))).astype(np.float32)

@@ -47,6 +47,9 @@ STAGES = ("condition_encoder", "velocity", "structure_decoder")
 #   [8N] (fine-voxel units, negative inside) and `rgb` [8N,3] (sRGB in [0,1]) on the 2x grid.
 # * `slat_gaussian_decoder` -- `feats`, `coords`; outputs xyz, scales, rotations, opacities,
 #   colors [N,G,*] in the canonical frame.
+# With `decoders.color_reference: "crop_mean"` in the card, both decoders' colours are relative
+# to the prepared crop's mean colour (0.5 = that colour) and the stage turns them into sRGB with
+# `texture.reference.absolute_colors`; "none" (or absent) means they are sRGB already.
 TEXTURE_CONTRACT_NAME = "sam3d-blender/texture"
 TEXTURE_STAGES = ("texture_condition_encoder", "slat_flow", "slat_mesh_decoder", "slat_gaussian_decoder")
 DEFAULT_TEXTURE_MODEL = "tiny-texture"

@@ -34,6 +34,17 @@ def initial_noise(shapes: dict[str, tuple[int, ...]], seed: int | None) -> dict[
     return {k: rng.standard_normal(shapes[k]).astype(np.float32) for k in sorted(shapes)}
 
 
+def centre_noise(noise: np.ndarray, axis: int) -> np.ndarray:
+    """Noise with its mean along `axis` removed (per channel): the texture stage's starting point.
+
+    Why: the texture flow reads an object's colour off the average of x_t over its thousands of
+    voxels, so with plain noise the sample's brightness followed the noise's own average (measured
+    on tiny-texture 0.3.0: one held-out object's red channel came out 0.16 to 0.58 over 4 seeds).
+    Removing that one component leaves the colour to the condition; a zero average is also that
+    component's most likely value, so the start stays a typical draw."""
+    return (noise - noise.mean(axis=axis, keepdims=True)).astype(noise.dtype)
+
+
 @dataclass
 class FlowSampler:
     steps: int = 25

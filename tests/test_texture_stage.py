@@ -165,3 +165,23 @@ def test_reference_colour_round_trip_and_torch_twin():
     mask[0, 0, :4] = 1.0  # only the red half counts
     assert np.allclose(crop_reference_color(image, mask), [1.0, 0.0, 0.0])
     assert np.allclose(crop_reference_color(image, np.zeros_like(mask)), [0.5, 0.0, 0.0])  # empty mask: whole crop
+
+
+def test_stage_starts_from_noise_centred_over_the_voxels(texture_model, monkeypatch):
+    """With `sampler.noise: centred_per_channel` in the card, the flow starts from noise whose
+    per-channel mean over the voxels is zero (sampler.centre_noise); without it, from plain noise."""
+    from sam3d_addon.sampler import FlowSampler, centre_noise
+    from sam3d_addon.texture.stage import NOISE_CENTRED
+
+    x = np.random.default_rng(0).standard_normal((1, 500, 8)).astype(np.float32) + 3.0
+    centred = centre_noise(x, axis=1)
+    assert np.abs(centred.mean(axis=1)).max() < 1e-5 and np.allclose(centred - x, centred[:, :1] - x[:, :1])
+
+    starts = []
+    monkeypatch.setattr(FlowSampler, "sample", lambda self, velocity, x0, cond, **kw: starts.append(x0["slat"]) or x0)
+    stage = TextureStage(texture_model, device="cpu")
+    for noise in (NOISE_CENTRED, None):
+        stage.card.data["sampler"]["noise"] = noise
+        stage.sample_latent(surface_voxel_coords(_ball()), _inputs(stage.card.input_size), seed=3)
+    assert np.abs(starts[0].mean(axis=1)).max() < 1e-5
+    assert np.abs(starts[1].mean(axis=1)).max() > 1e-3 and np.allclose(starts[0], centre_noise(starts[1], axis=1))

@@ -23,7 +23,7 @@ import numpy as np
 from ..contract import ModelCard, load_texture_card
 from ..sparse_index import decoder_window_maps, level_index_maps, subdivision_maps
 from ..runtime import SessionCache
-from ..sampler import FlowSampler, initial_noise
+from ..sampler import FlowSampler, centre_noise, initial_noise
 from .reference import absolute_colors, crop_reference_color
 from .voxels import sparse_sdf_to_mesh, surface_voxel_coords
 
@@ -32,6 +32,8 @@ GAUSSIAN_KEYS = ("xyz", "scales", "rotations", "opacities", "colors")
 # (`sam3d bench texture`, RSS probe): one pass over a 20.7k-voxel object peaks at ~1.0 GB, chunked
 # at ~0.8 GB but ~3x slower; typical objects (2-6k surface voxels at 32^3) decode in one pass.
 MAX_CHUNK_VOXELS = 8192
+# The card's `sampler.noise` value for starting noise centred over the voxels (`sampler.centre_noise`).
+NOISE_CENTRED = "centred_per_channel"
 
 
 @dataclass
@@ -96,6 +98,8 @@ class TextureStage:
 
         channels = int(self.card.data["latent"]["channels"])
         x0 = initial_noise({"slat": (1, len(coords), channels)}, seed)
+        if self.card.sampler.get("noise") == NOISE_CENTRED:
+            x0["slat"] = centre_noise(x0["slat"], axis=1)  # over the voxels, per channel
         x = self._sampler(steps, cfg_strength).sample(velocity, x0, cond, progress=progress, cancel=cancel)
         mean = np.asarray(self.card.data["latent"]["mean"], np.float32)
         std = np.asarray(self.card.data["latent"]["std"], np.float32)

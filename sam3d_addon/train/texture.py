@@ -76,7 +76,9 @@ class TextureSchedule:
     rgb_weight: float = 1.0
     gaussian_weight: float = 0.5
     steps: int = 25  # inference defaults written into the card
-    cfg_strength: float = 1.0
+    # No guidance: measured on 16 held-out objects (0.3.0, centred noise), PSNR 15.8 dB at w = 0,
+    # 15.2 at w = 1, 14.2 at w = 3.
+    cfg_strength: float = 0.0
 
 
 @dataclass
@@ -415,7 +417,8 @@ class TextureTrainer:
                     "state_dict": self.model.state_dict(), "latent_mean": self.latent_mean,
                     "latent_std": self.latent_std,
                     "sampler": {"steps": self.schedule.steps, "cfg_strength": self.schedule.cfg_strength,
-                                "cfg_interval": [0.0, 500.0], "rescale_t": self.schedule.flow_t_shift, "time_scale": 1000.0},
+                                "cfg_interval": [0.0, 500.0], "rescale_t": self.schedule.flow_t_shift, "time_scale": 1000.0,
+                                "noise": "centred_per_channel"},
                     "meta": {"data": str(self.data_dir), "train_samples": n_train,
                              "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
                              "schedule": asdict(self.schedule), "seed": self.seed, "device": "cpu",

@@ -18,13 +18,10 @@ torch twin of `absolute_colors` for the losses (tested equal).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit, logit
 
 REFERENCE_CLIP = (0.02, 0.98)  # keeps the reference's logit finite (black and white photos)
 COLOR_CLIP = (1e-4, 1.0 - 1e-4)
-
-
-def _logit(x: np.ndarray) -> np.ndarray:
-    return np.log(x) - np.log1p(-x)
 
 
 def crop_reference_color(image, mask) -> np.ndarray:
@@ -41,11 +38,11 @@ def absolute_colors(relative, reference) -> np.ndarray:
     """Relative colours [..., 3] (0.5 = the reference) -> sRGB in (0, 1)."""
     rel = np.clip(np.asarray(relative, np.float64), *COLOR_CLIP)
     ref = np.clip(np.asarray(reference, np.float64), *REFERENCE_CLIP)
-    return (1.0 / (1.0 + np.exp(-(_logit(rel) + _logit(ref))))).astype(np.float32)
+    return expit(logit(rel) + logit(ref)).astype(np.float32)
 
 
 def relative_colors(albedo, reference) -> np.ndarray:
     """The inverse of `absolute_colors`: sRGB [..., 3] -> colours relative to `reference`."""
     alb = np.clip(np.asarray(albedo, np.float64), *COLOR_CLIP)
     ref = np.clip(np.asarray(reference, np.float64), *REFERENCE_CLIP)
-    return (1.0 / (1.0 + np.exp(-(_logit(alb) - _logit(ref))))).astype(np.float32)
+    return expit(logit(alb) - logit(ref)).astype(np.float32)

@@ -97,3 +97,28 @@ def test_shape_ceiling_cnn_learns_a_latent_and_iou_counts_voxels(head):
     a[:, :2] = True
     assert voxel_iou(a, a) == 1.0
     assert voxel_iou(a, ~a) == 0.0
+
+
+def test_shape_ceiling_encoder_regressor_trains_the_condition_encoder():
+    """`--encoder vit`: the tiny model's own condition encoder under the flatten head gives the
+    latent's tokens, and the loss reaches the encoder's weights (it is trained, not frozen)."""
+    from types import SimpleNamespace
+
+    from sam3d_addon.nn.bundle import build_models
+    from sam3d_addon.train.data import IMAGE_KEYS
+    from sam3d_addon.train.shape_ceiling import EncoderRegressor, _condition
+
+    torch.manual_seed(0)
+    bundle = build_models("tiny")
+    size = bundle.config.condition.vit.input_size
+    rng = np.random.default_rng(0)
+    arrays = SimpleNamespace(images={k: rng.integers(0, 256, (2, 1 if "mask" in k else 3, size, size), dtype=np.uint8)
+                                     for k in IMAGE_KEYS})
+    inputs = _condition(arrays, np.arange(2))
+    n_tokens = bundle.condition_encoder(**inputs).shape[1]
+    model = EncoderRegressor(bundle.condition_encoder, n_tokens, bundle.config.condition.cond_channels, 64, 8)
+    out = model(inputs)
+    assert out.shape == (2, 64, 8)
+    out.pow(2).mean().backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)

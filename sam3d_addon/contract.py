@@ -50,6 +50,8 @@ STAGES = ("condition_encoder", "velocity", "structure_decoder")
 # With `decoders.color_reference: "crop_mean"` in the card, both decoders' colours are relative
 # to the prepared crop's mean colour (0.5 = that colour) and the stage turns them into sRGB with
 # `texture.reference.absolute_colors`; "none" (or absent) means they are sRGB already.
+COLOR_REFERENCE_CROP_MEAN = "crop_mean"  # decoders.color_reference
+NOISE_CENTRED = "centred_per_channel"  # sampler.noise: start from noise centred over the voxels
 TEXTURE_CONTRACT_NAME = "sam3d-blender/texture"
 TEXTURE_STAGES = ("texture_condition_encoder", "slat_flow", "slat_mesh_decoder", "slat_gaussian_decoder")
 DEFAULT_TEXTURE_MODEL = "tiny-texture"

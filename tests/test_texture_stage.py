@@ -171,7 +171,7 @@ def test_stage_starts_from_noise_centred_over_the_voxels(texture_model, monkeypa
     """With `sampler.noise: centred_per_channel` in the card, the flow starts from noise whose
     per-channel mean over the voxels is zero (sampler.centre_noise); without it, from plain noise."""
     from sam3d_addon.sampler import FlowSampler, centre_noise
-    from sam3d_addon.texture.stage import NOISE_CENTRED
+    from sam3d_addon.contract import NOISE_CENTRED
 
     x = np.random.default_rng(0).standard_normal((1, 500, 8)).astype(np.float32) + 3.0
     centred = centre_noise(x, axis=1)

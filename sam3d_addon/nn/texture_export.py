@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..contract import CONTRACT_VERSION, TEXTURE_CONTRACT_NAME, TEXTURE_STAGES, ModelCard, load_texture_card
+from ..contract import COLOR_REFERENCE_CROP_MEAN, CONTRACT_VERSION, TEXTURE_CONTRACT_NAME, TEXTURE_STAGES, ModelCard, load_texture_card
 from .export import ConditionGraph, _export_graph, _sha256, io_spec
 from .config import get_config
 from .slat_export import decoder_window_spec, export_gaussian_decoder, export_mesh_decoder, export_slat_flow
@@ -56,7 +56,7 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
         "decoders": {"representation": dec.representation, "num_gaussians": model.gaussian_decoder.config.num_gaussians,
                      "chunk_block": CHUNK_BLOCK, "chunk_halo": CHUNK_HALO, **decoder_window_spec(model.mesh_decoder),
                      # texture.reference: colour outputs are relative to the crop's mean colour
-                     "color_reference": "crop_mean" if dec.color_reference else "none"},
+                     "color_reference": COLOR_REFERENCE_CROP_MEAN if dec.color_reference else "none"},
         "sampler": {"steps": 25, "cfg_strength": 1.0, "cfg_interval": [0.0, 500.0], "rescale_t": 1.0, "time_scale": 1000.0},
     }
     for key, value in card_fields.items():

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..contract import ModelCard, load_texture_card
+from ..contract import COLOR_REFERENCE_CROP_MEAN, NOISE_CENTRED, ModelCard, load_texture_card
 from ..sparse_index import decoder_window_maps, level_index_maps, subdivision_maps
 from ..runtime import SessionCache
 from ..sampler import FlowSampler, centre_noise, initial_noise
@@ -32,8 +32,6 @@ GAUSSIAN_KEYS = ("xyz", "scales", "rotations", "opacities", "colors")
 # (`sam3d bench texture`, RSS probe): one pass over a 20.7k-voxel object peaks at ~1.0 GB, chunked
 # at ~0.8 GB but ~3x slower; typical objects (2-6k surface voxels at 32^3) decode in one pass.
 MAX_CHUNK_VOXELS = 8192
-# The card's `sampler.noise` value for starting noise centred over the voxels (`sampler.centre_noise`).
-NOISE_CENTRED = "centred_per_channel"
 
 
 @dataclass
@@ -154,7 +152,7 @@ class TextureStage:
         res.timings["texture_sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         reference = None
-        if self.card.data["decoders"].get("color_reference", "none") == "crop_mean":
+        if self.card.data["decoders"].get("color_reference", "none") == COLOR_REFERENCE_CROP_MEAN:
             reference = crop_reference_color(inputs["image"], inputs["mask"])
         if output in ("mesh", "both"):
             fine, sdf, rgb = self.decode_mesh(feats, coords, max_voxels)

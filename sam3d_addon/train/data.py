@@ -20,6 +20,18 @@ IMAGE_KEYS = ("image", "mask", "rgb_image", "rgb_image_mask")
 POINT_KEYS = ("pointmap", "rgb_pointmap")
 
 
+def condition_tensors(images: dict[str, np.ndarray]) -> dict:
+    """Condition-encoder inputs from uint8 image batches (IMAGE_KEYS -> [B, C, S, S]), with no point
+    map (all-NaN point inputs, the encoder's "no points" token).  Torch tensors; torch is imported
+    here so loading data stays torch-free."""
+    import torch
+
+    out = {k: torch.from_numpy(images[k].astype(np.float32) / 255.0) for k in IMAGE_KEYS}
+    batch, size = out["image"].shape[0], out["image"].shape[-1]
+    out.update({k: torch.full((batch, 3, size, size), float("nan")) for k in POINT_KEYS})
+    return out
+
+
 @dataclass
 class GeometryArrays:
     """All samples of a split, stacked.  Images are kept as uint8 to save memory."""

@@ -34,7 +34,12 @@ from torch import nn
 from .. import metrics
 from ..nn.bundle import build_models
 from ..nn.vae import grid_to_tokens, tokens_to_grid
-from .data import load_split
+from .data import condition_tensors, load_split
+
+
+def _flatten_head(features: int, tokens: int, channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(features, 512), nn.SiLU(),
+                         nn.Linear(512, tokens * channels))
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -57,8 +62,7 @@ class CropCNN(nn.Module):
                                       _block(4 * w, 6 * w, 2), _block(6 * w, 8 * w, 2))  # 84 -> 6
         self.head_kind = head
         if head == "flatten":
-            self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * w * 36, 512), nn.SiLU(),
-                                      nn.Linear(512, tokens * channels))
+            self.head = _flatten_head(8 * w * 36, tokens, channels)
         elif head == "attention":
             from .loop import ConditionProbe
 
@@ -84,8 +88,7 @@ class EncoderRegressor(nn.Module):
     def __init__(self, encoder: nn.Module, n_tokens: int, cond_channels: int, tokens: int, channels: int):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(n_tokens * cond_channels, 512), nn.SiLU(),
-                                  nn.Linear(512, tokens * channels))
+        self.head = _flatten_head(n_tokens * cond_channels, tokens, channels)
         self.tokens, self.channels = tokens, channels
 
     def forward(self, inputs: dict) -> torch.Tensor:
@@ -94,12 +97,7 @@ class EncoderRegressor(nn.Module):
 
 def _condition(arrays, idx) -> dict[str, torch.Tensor]:
     """The condition encoder's inputs, without a point map (the CNN sees none either)."""
-    from .data import IMAGE_KEYS, POINT_KEYS
-
-    out = {k: torch.from_numpy(arrays.images[k][idx].astype(np.float32) / 255.0) for k in IMAGE_KEYS}
-    size = out["image"].shape[-1]
-    out.update({k: torch.full((len(idx), 3, size, size), float("nan")) for k in POINT_KEYS})
-    return out
+    return condition_tensors({k: v[idx] for k, v in arrays.images.items()})
 
 
 def _images(arrays, idx) -> tuple[torch.Tensor, torch.Tensor]:

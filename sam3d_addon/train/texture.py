@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contract import NOISE_CENTRED
 from ..data.dataset import list_samples, load_sample
 from ..errors import InputError
 from ..nn.condition import EmbedderFuser
@@ -48,7 +49,7 @@ from ..nn.slat_decoders import SLatTrunk, build_slat_decoders, get_slat_decoder_
 from ..preprocess import prepare_inputs
 from ..texture.reference import COLOR_CLIP, REFERENCE_CLIP, crop_reference_color, relative_colors
 from ..texture.voxels import SDF_CLAMP, fine_sdf_grid
-from .data import IMAGE_KEYS, POINT_KEYS
+from .data import IMAGE_KEYS, condition_tensors
 from .loop import stage_values, train_stage
 
 TEXTURE_PRESET = "tiny"
@@ -148,11 +149,8 @@ def load_texture_objects(data_dir, split: str, input_size: int, limit: int | Non
 
 
 def condition_inputs(objects: list[TextureObject], drop_points: bool = True) -> dict[str, torch.Tensor]:
-    out = {k: torch.from_numpy(np.stack([o.images[k] for o in objects]).astype(np.float32) / 255.0) for k in IMAGE_KEYS}
-    size = out["image"].shape[-1]
-    for k in POINT_KEYS:  # the texture stage sees no point map
-        out[k] = torch.full((len(objects), 3, size, size), float("nan"))
-    return out
+    # the texture stage sees no point map
+    return condition_tensors({k: np.stack([o.images[k] for o in objects]) for k in IMAGE_KEYS})
 
 
 class SLatEncoder(SLatTrunk):
@@ -418,7 +416,7 @@ class TextureTrainer:
                     "latent_std": self.latent_std,
                     "sampler": {"steps": self.schedule.steps, "cfg_strength": self.schedule.cfg_strength,
                                 "cfg_interval": [0.0, 500.0], "rescale_t": self.schedule.flow_t_shift, "time_scale": 1000.0,
-                                "noise": "centred_per_channel"},
+                                "noise": NOISE_CENTRED},
                     "meta": {"data": str(self.data_dir), "train_samples": n_train,
                              "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
                              "schedule": asdict(self.schedule), "seed": self.seed, "device": "cpu",

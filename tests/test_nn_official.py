@@ -177,3 +177,23 @@ def test_upsample_pixel_shuffle_channel_order():
             for j in range(2):
                 for k in range(2):
                     torch.testing.assert_close(out[0, c, i::2, j::2, k::2], conv_out[0, c * 8 + 4 * i + 2 * j + k])
+
+
+def test_layout_read_is_tiny_only_and_sees_token_order(tiny):
+    """Cross-attention cannot tell the condition tokens' order; the tiny preset's layout read
+    (not in the official model) maps each token position to its own place in the shape tokens."""
+    assert build_models("official", device="meta").generator.condition_layout is None
+    assert tiny.generator.condition_layout is not None
+    latents, cond = _flow_inputs(tiny.config, 1, seed=4)
+    shuffled = cond[:, torch.randperm(cond.shape[1], generator=torch.Generator().manual_seed(0))]
+    t, d = torch.tensor([500.0]), torch.tensor([0.0])
+    layout = tiny.generator.condition_layout
+    with torch.no_grad():
+        changed = (tiny.generator(latents, t, cond, d)["shape"] - tiny.generator(latents, t, shuffled, d)["shape"])
+        tiny.generator.condition_layout = None
+        try:
+            same = (tiny.generator(latents, t, cond, d)["shape"] - tiny.generator(latents, t, shuffled, d)["shape"])
+        finally:
+            tiny.generator.condition_layout = layout
+    assert same.abs().max() < 1e-5
+    assert changed.abs().max() > 1e-3

@@ -122,3 +122,22 @@ def test_shape_ceiling_encoder_regressor_trains_the_condition_encoder():
     out.pow(2).mean().backward()
     grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_layout_probe_trains_the_flows_own_layout_read():
+    """The encoder stage's probe reads the flow's condition_layout itself (shared, not copied),
+    so pre-training the encoder also pre-trains the flow's read of it."""
+    from sam3d_addon.train.loop import LayoutProbe
+
+    torch.manual_seed(0)
+    bundle = build_models("tiny")
+    layout = bundle.generator.condition_layout
+    probe = LayoutProbe(layout, 8, 12, bundle.config.flow.shape_tokens)
+    cond = torch.randn(2, bundle.config.condition.num_tokens, bundle.config.flow.cond_channels)
+    shape, pose = probe(cond)
+    assert shape.shape == (2, 64, 8) and pose.shape == (2, 12)
+    before = layout.reduce.weight.detach().clone()
+    opt = torch.optim.SGD(probe.parameters(), lr=0.1)
+    (shape.square().mean() + pose.square().mean()).backward()
+    opt.step()
+    assert (bundle.generator.condition_layout.reduce.weight - before).abs().max() > 0

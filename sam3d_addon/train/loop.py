@@ -1,11 +1,12 @@
 """`sam3d train`: the geometry model's training recipe, in four stages.
 
 1. VAE: occupancy grid -> latent grid -> occupancy logits (BCE + a small KL term).
-2. Encoder: the condition encoder is pre-trained with a small regression probe (learned queries
-   cross-attending to its tokens) that predicts the shape latent and the pose directly.  SAM 3D
-   starts from a pre-trained, frozen DINOv2; our tiny ViT has no such start, and learning the image
-   features through the flow loss alone was the slowest part of training on CPU.  The probe is
-   training-only and is not exported.
+2. Encoder: the condition encoder is pre-trained with a small regression probe that predicts the
+   shape latent and the pose directly.  SAM 3D starts from a pre-trained, frozen DINOv2; our tiny
+   ViT has no such start, and learning the image features through the flow loss alone was the
+   slowest part of training on CPU.  When the flow has a `condition_layout` read (tiny), the probe
+   is linear read-outs over that very module, so it is pre-trained too; otherwise learned queries
+   cross-attend to the tokens (`ConditionProbe`).  The read-outs are training-only, not exported.
 3. Flow: the MoT flow transformer over (shape latent, pose) with the paper's per-modality weighted
    flow-matching loss (shape 1.0, rotation 0.1, translation 1.0, scale 0.1), condition dropout for
    classifier-free guidance (the "uncond" branch is an all-zero condition, as in the official
@@ -200,6 +201,24 @@ class ConditionProbe(torch.nn.Module):
         h = q + self.attn(q, kv, kv, need_weights=False)[0]
         h = h + self.mlp(h)
         return self.shape_out(h[:, :-1]), self.pose_out(h[:, -1])
+
+
+class LayoutProbe(torch.nn.Module):
+    """Training-only read-outs over the flow's own `condition_layout` features: a linear map per
+    shape token to the latent, and one over the pose tokens' features to the pose.  Pre-training
+    the encoder through it also pre-trains the flow's layout read (shared module, not a copy)."""
+
+    def __init__(self, layout: torch.nn.Module, latent_channels: int, pose_dims: int, shape_tokens: int):
+        super().__init__()
+        self.layout = layout
+        self.shape_tokens = shape_tokens
+        width = layout.layout_channels
+        self.shape_out = torch.nn.Linear(width, latent_channels)
+        self.pose_out = torch.nn.Linear((layout.tokens - shape_tokens) * width, pose_dims)
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.layout.features(cond)
+        return self.shape_out(h[:, :self.shape_tokens]), self.pose_out(h[:, self.shape_tokens:].flatten(1))
 
 
 PROBE_POSE = ("rotation6d", "translation", "scale")
@@ -414,12 +433,17 @@ class Trainer:
             cond = cond * keep.view(-1, 1, 1)  # all-zero condition = the unconditional branch
         return cond
 
-    def _build_probe(self) -> ConditionProbe:
+    def _build_probe(self) -> torch.nn.Module:
         if self.probe is None:
             cfg = self.bundle.config
             torch.manual_seed(self.seed + 7)
-            self.probe = ConditionProbe(cfg.flow.cond_channels, cfg.flow.shape_tokens, cfg.flow.shape_channels,
-                                        sum(POSE_DIMS[m] for m in PROBE_POSE))
+            pose_dims = sum(POSE_DIMS[m] for m in PROBE_POSE)
+            layout = self.bundle.generator.condition_layout
+            if layout is not None:  # the probe reads (and so pre-trains) the flow's layout read
+                self.probe = LayoutProbe(layout, cfg.flow.shape_channels, pose_dims, cfg.flow.shape_tokens)
+            else:
+                self.probe = ConditionProbe(cfg.flow.cond_channels, cfg.flow.shape_tokens, cfg.flow.shape_channels,
+                                            pose_dims)
         return self.probe
 
     def train_encoder(self, arrays, resume, budget):
@@ -439,6 +463,7 @@ class Trainer:
             loss = sum(s.probe_weights[m] * parts[m] for m in parts)
             return loss, {m: p.item() for m, p in parts.items()}
 
+        # probe.parameters() includes the shared layout read, when there is one.
         params = list(self.bundle.condition_encoder.parameters()) + list(probe.parameters())
         self._loop("encoder", s.encoder_steps, params, s.encoder_lr, step_fn, resume, budget)
         self.state["encoder_pretrained"] = True
@@ -457,7 +482,9 @@ class Trainer:
         inputs = {k: torch.from_numpy(test.images[k].astype(np.float32) / 255.0) for k in IMAGE_KEYS}
         for k in POINT_KEYS:
             inputs[k] = torch.full(test.points[k].shape, float("nan"))
+        self.probe.eval()  # dropout off (the layout read has some)
         shape, _ = self.probe(b.condition_encoder(**inputs))
+        self.probe.train()
         b.condition_encoder.train()
         lat = shape * torch.tensor(self.latent_std) + torch.tensor(self.latent_mean)
         grid = tokens_to_grid(lat, b.config.vae.latent_resolution)

@@ -2,7 +2,8 @@
 
 The geometry issue's calibration says a plain CNN regressor reached voxel IoU 0.54 on "a similar
 procedural task" where an ellipsoid scored 0.48.  On our data engine's objects the ellipsoid
-baseline scores 0.26 and the tiny ViT's regression probe 0.21 (`sam3d train`'s encoder stage),
+baseline scores 0.26 and the tiny ViT's cross-attention regression probe 0.21 (the encoder stage
+of model 0.1.0; 0.2.0's layout-read probe reaches 0.38),
 so before spending more CPU hours on the flow it is worth knowing where a plain CNN lands on
 *our* data, with the same target (the run's VAE latent, decoded by its frozen decoder), the same
 training split and the same held-out samples as the probe.

@@ -132,7 +132,7 @@ def test_layout_probe_trains_the_flows_own_layout_read():
     torch.manual_seed(0)
     bundle = build_models("tiny")
     layout = bundle.generator.condition_layout
-    probe = LayoutProbe(layout, 8, 12, bundle.config.flow.shape_tokens)
+    probe = LayoutProbe(layout, 8, 12)
     cond = torch.randn(2, bundle.config.condition.num_tokens, bundle.config.flow.cond_channels)
     shape, pose = probe(cond)
     assert shape.shape == (2, 64, 8) and pose.shape == (2, 12)

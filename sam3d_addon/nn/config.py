@@ -89,10 +89,7 @@ class FlowConfig:
     time_features: int = 256  # sinusoidal features of the timestep embedders
     shortcut: bool = True  # adds d_embedder (the shortcut step input)
     # Tiny-preset addition, absent from the official model (0 = off): the number of condition
-    # tokens read by `condition_layout`, a learned map from the condition tokens in their fixed
-    # order to one vector per shape and pose token, added to those tokens' input.  Measured
-    # reason: on our data a cross-attention read of the condition lost most of the shape
-    # (held-out vIoU 0.21-0.32) where a read that keeps the token layout reached 0.40 (README).
+    # tokens read by the flow's `condition_layout` (flow.ConditionLayout says why it exists).
     condition_tokens: int = 0
     layout_rank: int = 16  # channels kept per condition token before the layout map
     layout_hidden: int = 512

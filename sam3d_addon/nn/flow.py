@@ -212,6 +212,7 @@ class ConditionLayout(nn.Module):
 
     def __init__(self, config: FlowConfig):
         super().__init__()
+        self.shape_tokens = config.shape_tokens
         self.tokens = config.shape_tokens + len(POSE_MODALITIES)
         self.layout_channels = config.layout_channels
         self.norm = nn.LayerNorm(config.cond_channels)
@@ -266,7 +267,7 @@ class ShapePoseFlow(nn.Module):
         }
         if self.condition_layout is not None:
             layout = self.condition_layout(cond)
-            n_shape = self.config.shape_tokens
+            n_shape = self.condition_layout.shape_tokens
             streams = {SHAPE_STREAM: streams[SHAPE_STREAM] + layout[:, :n_shape],
                        POSE_STREAM: streams[POSE_STREAM] + layout[:, n_shape:]}
         c = self.t_embedder(t)

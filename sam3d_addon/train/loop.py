@@ -208,10 +208,10 @@ class LayoutProbe(torch.nn.Module):
     shape token to the latent, and one over the pose tokens' features to the pose.  Pre-training
     the encoder through it also pre-trains the flow's layout read (shared module, not a copy)."""
 
-    def __init__(self, layout: torch.nn.Module, latent_channels: int, pose_dims: int, shape_tokens: int):
+    def __init__(self, layout: torch.nn.Module, latent_channels: int, pose_dims: int):
         super().__init__()
         self.layout = layout
-        self.shape_tokens = shape_tokens
+        self.shape_tokens = shape_tokens = layout.shape_tokens
         width = layout.layout_channels
         self.shape_out = torch.nn.Linear(width, latent_channels)
         self.pose_out = torch.nn.Linear((layout.tokens - shape_tokens) * width, pose_dims)
@@ -440,7 +440,7 @@ class Trainer:
             pose_dims = sum(POSE_DIMS[m] for m in PROBE_POSE)
             layout = self.bundle.generator.condition_layout
             if layout is not None:  # the probe reads (and so pre-trains) the flow's layout read
-                self.probe = LayoutProbe(layout, cfg.flow.shape_channels, pose_dims, cfg.flow.shape_tokens)
+                self.probe = LayoutProbe(layout, cfg.flow.shape_channels, pose_dims)
             else:
                 self.probe = ConditionProbe(cfg.flow.cond_channels, cfg.flow.shape_tokens, cfg.flow.shape_channels,
                                             pose_dims)

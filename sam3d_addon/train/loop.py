@@ -43,7 +43,7 @@ from ..nn.checkpoint import save_checkpoint
 from ..nn.vae import grid_to_tokens, tokens_to_grid
 from ..pose import encode_pose
 from ..data.dataset import list_samples, load_sample
-from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, load_split, pose_statistics
+from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, condition_tensors, load_split, pose_statistics
 
 
 @dataclass
@@ -479,11 +479,8 @@ class Trainer:
             return float("nan")
         b = self.bundle
         b.condition_encoder.eval()
-        inputs = {k: torch.from_numpy(test.images[k].astype(np.float32) / 255.0) for k in IMAGE_KEYS}
-        for k in POINT_KEYS:
-            inputs[k] = torch.full(test.points[k].shape, float("nan"))
         self.probe.eval()  # dropout off (the layout read has some)
-        shape, _ = self.probe(b.condition_encoder(**inputs))
+        shape, _ = self.probe(b.condition_encoder(**condition_tensors(test.images)))
         self.probe.train()
         b.condition_encoder.train()
         lat = shape * torch.tensor(self.latent_std) + torch.tensor(self.latent_mean)

@@ -148,7 +148,7 @@ def load_texture_objects(data_dir, split: str, input_size: int, limit: int | Non
     return objects
 
 
-def condition_inputs(objects: list[TextureObject], drop_points: bool = True) -> dict[str, torch.Tensor]:
+def condition_inputs(objects: list[TextureObject]) -> dict[str, torch.Tensor]:
     # the texture stage sees no point map
     return condition_tensors({k: np.stack([o.images[k] for o in objects]) for k in IMAGE_KEYS})
 

@@ -80,6 +80,11 @@ class SAM3D_SceneSettings(bpy.types.PropertyGroup):
         description="UV-unwrap each coloured mesh and bake its colours into a packed image texture "
                     "(off: the material reads the colour attribute)",
     )
+    fit_layout: BoolProperty(
+        name="Fit Layout", default=True,
+        description="After sampling, fit each object's position, size and turn to its mask so it lies "
+                    "over the photo (about 30 s per object on a CPU; off: the model's own pose)",
+    )
     photo_projection: BoolProperty(
         name="Photo Projection", default=False,
         description="Bake the photo onto the side of each mesh the camera sees.  Only as good as the "

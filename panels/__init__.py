@@ -53,6 +53,7 @@ def draw_sam3d(layout, context) -> None:
     sub.prop(settings, "steps")
     sub.prop(settings, "seed")
     sub.prop(settings, "output")
+    sub.prop(settings, "fit_layout")
     texture = sub.column(heading="Texture")
     texture.prop(settings, "bake_texture", text="Bake")
     projection = texture.row()

@@ -33,8 +33,9 @@ def _add_3dfy(sub):
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model card's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance strength (non-shortcut mode)")
     p.add_argument("--no-shortcut", action="store_true", help="plain flow sampling instead of the distilled few-step mode")
-    p.add_argument("--fit-layout", action="store_true",
-                   help="after sampling, fit each object's translation/scale/yaw to its mask (slower)")
+    p.add_argument("--fit-layout", action=argparse.BooleanOptionalAction, default=True,
+                   help="after sampling, fit each object's translation/scale/yaw to its mask (default: on; "
+                        "~30 s per object on a CPU; --no-fit-layout keeps the model's own pose)")
     p.add_argument("--no-bake", action="store_true",
                    help="do not UV-unwrap and bake a texture: the mesh keeps its colours as a colour attribute "
                         "(the material reads it)")

@@ -103,6 +103,7 @@ def scene(addon, tmp_path):
     sc.sam3d.output = "MESH"
     sc.sam3d.bake_texture = True
     sc.sam3d.photo_projection = False
+    sc.sam3d.fit_layout = False  # ~30 s per object; these tests check the operator, not the placement
     yield sc
     running = addon.job.active_job()
     if running is not None:
@@ -379,21 +380,27 @@ def test_3dfy_builds_objects_collection_and_camera(addon, scene, tmp_path):
 def test_3dfy_passes_output_and_texture_settings_to_the_pipeline(addon, scene, tmp_path):
     class OptionsPipeline(FakePipeline):  # a pipeline whose run takes the texture options
         def run(self, image, masks, names=None, steps=None, seed=0, cfg_strength=None, progress=None, cancel=None,
-                output="mesh", bake=True, photo_projection=False):
+                output="mesh", bake=True, photo_projection=False, fit_layout=False):
             result = super().run(image, masks, names, steps, seed, cfg_strength, progress, cancel)
-            self.calls[-1].update(output=output, bake=bake, photo_projection=photo_projection)
+            self.calls[-1].update(output=output, bake=bake, photo_projection=photo_projection, fit_layout=fit_layout)
             return result
+
+    keys = ("output", "bake", "photo_projection", "fit_layout")
+    # the property's own default (the fixture turns the fit off to keep the other tests fast)
+    assert type(scene.sam3d).bl_rna.properties["fit_layout"].default is True
+    scene.sam3d.fit_layout = True
 
     fake = OptionsPipeline(addon.errors)
     addon.job.PIPELINE_FACTORY = lambda model, device, notice=None: fake
     set_inputs(scene, tmp_path)
     assert run_op() == {"FINISHED"}
-    assert {k: fake.calls[-1][k] for k in ("output", "bake", "photo_projection")} == \
-        {"output": "mesh", "bake": True, "photo_projection": False}  # the defaults
+    assert {k: fake.calls[-1][k] for k in keys} == \
+        {"output": "mesh", "bake": True, "photo_projection": False, "fit_layout": True}  # the defaults
     scene.sam3d.output, scene.sam3d.bake_texture, scene.sam3d.photo_projection = "BOTH", False, True
+    scene.sam3d.fit_layout = False
     assert run_op() == {"FINISHED"}
-    assert {k: fake.calls[-1][k] for k in ("output", "bake", "photo_projection")} == \
-        {"output": "both", "bake": False, "photo_projection": True}
+    assert {k: fake.calls[-1][k] for k in keys} == \
+        {"output": "both", "bake": False, "photo_projection": True, "fit_layout": False}
 
 
 def test_3dfy_is_one_undo_step(addon, scene, tmp_path):

@@ -40,7 +40,8 @@ STAGES = ("condition_encoder", "velocity", "structure_decoder")
 
 # The texture & refinement stage is a model of its own (a `kind: texture` card), so a geometry
 # model can be re-trained without touching it.  Its graphs:
-# * `texture_condition_encoder` -- the geometry encoder's inputs (same names), output `cond`.
+# * `texture_condition_encoder` -- the geometry encoder's inputs (same names), output `cond` (and
+#   `albedo` with a "predicted_albedo" colour reference, below).
 # * `slat_flow` -- `feats` [1,N,C] latent on the N active voxels, `t` [1], `cond` [1,T,Cc] and
 #   the sparse index maps (`nn.slat.level_names`); output `velocity` [1,N,C].
 # * `slat_mesh_decoder` -- `feats` [N,C], `coords` [N,3] and the subdivision maps; outputs `sdf`
@@ -50,7 +51,10 @@ STAGES = ("condition_encoder", "velocity", "structure_decoder")
 # With `decoders.color_reference: "crop_mean"` in the card, both decoders' colours are relative
 # to the prepared crop's mean colour (0.5 = that colour) and the stage turns them into sRGB with
 # `texture.reference.absolute_colors`; "none" (or absent) means they are sRGB already.
+# With "predicted_albedo" the reference is the encoder's second output, `albedo` [B,3]: the object's
+# albedo as the model reads it from the photo (the crop's mean colour, de-lit by a learnt shift).
 COLOR_REFERENCE_CROP_MEAN = "crop_mean"  # decoders.color_reference
+COLOR_REFERENCE_PREDICTED = "predicted_albedo"
 NOISE_CENTRED = "centred_per_channel"  # sampler.noise: start from noise centred over the voxels
 TEXTURE_CONTRACT_NAME = "sam3d-blender/texture"
 TEXTURE_STAGES = ("texture_condition_encoder", "slat_flow", "slat_mesh_decoder", "slat_gaussian_decoder")

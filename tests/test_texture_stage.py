@@ -136,7 +136,7 @@ def test_tiny_colours_are_relative_to_the_crop_colour(texture_model):
     """The tiny card's decoders give colour relative to the crop's mean colour (texture.reference):
     even the untrained model paints a red photo's object red and a blue one's blue."""
     stage = TextureStage(texture_model, device="cpu")
-    assert stage.card.data["decoders"]["color_reference"] == "crop_mean"
+    assert stage.card.data["decoders"]["color_reference"] == "predicted_albedo"
     means = {}
     for name, rgb in (("red", (0.85, 0.1, 0.1)), ("blue", (0.1, 0.15, 0.85))):
         inputs = _inputs(stage.card.input_size)

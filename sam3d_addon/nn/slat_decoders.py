@@ -56,7 +56,7 @@ class SLatDecoderConfig:
     upsample_channels: tuple[int, ...] = (192, 96)  # one subdivide (x2) block per entry
     num_groups: int = 32
     representation: str = "flexicubes"  # or "sdf_rgb"
-    # Colour outputs relative to the object's mean photo colour (`texture.reference`); the
+    # Colour outputs relative to a reference colour of the object (`texture.reference`); the
     # official decoders give absolute colour.
     color_reference: bool = False
 

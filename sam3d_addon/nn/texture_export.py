@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..contract import COLOR_REFERENCE_CROP_MEAN, CONTRACT_VERSION, TEXTURE_CONTRACT_NAME, TEXTURE_STAGES, ModelCard, load_texture_card
-from .export import ConditionGraph, _export_graph, _sha256, io_spec
+from ..contract import COLOR_REFERENCE_CROP_MEAN, COLOR_REFERENCE_PREDICTED, CONTRACT_VERSION, TEXTURE_CONTRACT_NAME, TEXTURE_STAGES, ModelCard, load_texture_card
+from .export import _export_graph, _sha256, io_spec
 from .config import get_config
 from .slat_export import decoder_window_spec, export_gaussian_decoder, export_mesh_decoder, export_slat_flow
 
@@ -25,8 +25,23 @@ FILES = {stage: f"{stage}.onnx" for stage in TEXTURE_STAGES}
 CHUNK_BLOCK, CHUNK_HALO = 16, 8
 
 
-def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any], opset: int = 17) -> ModelCard:
-    """`model`: a `train.texture.TextureBundle` (torch).  Writes the graphs and model.json."""
+class TextureConditionGraph(torch.nn.Module):
+    """The texture condition encoder's graph: the tokens and the albedo head's colour."""
+
+    def __init__(self, condition_encoder: torch.nn.Module):
+        super().__init__()
+        self.condition_encoder = condition_encoder
+
+    def forward(self, image, mask, rgb_image, rgb_image_mask, pointmap, rgb_pointmap):
+        cond = self.condition_encoder(image, mask, rgb_image, rgb_image_mask, pointmap, rgb_pointmap)
+        return cond, self.condition_encoder.albedo(image, mask)
+
+
+def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any], opset: int = 17,
+                         color_reference: str = COLOR_REFERENCE_PREDICTED) -> ModelCard:
+    """`model`: a `train.texture.TextureBundle` (torch).  Writes the graphs and model.json.
+    `color_reference`: what the decoders' colours are relative to (contract.py); checkpoints
+    trained before the albedo head (0.3.0) are relative to the crop's mean colour."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -35,7 +50,8 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
     io = {"texture_condition_encoder": io_spec(geometry_config)["condition_encoder"]}
     # one more token than the geometry encoder: the colour token (train.texture.TextureConditionEncoder)
     io["texture_condition_encoder"]["outputs"][0]["shape"][1] += 1
-    _export_graph(ConditionGraph(model.condition_encoder), io["texture_condition_encoder"],
+    io["texture_condition_encoder"]["outputs"].append({"name": "albedo", "shape": ["B", 3], "dtype": "float32"})
+    _export_graph(TextureConditionGraph(model.condition_encoder), io["texture_condition_encoder"],
                   out_dir / FILES["texture_condition_encoder"], opset)
     io["slat_flow"] = export_slat_flow(model.flow, out_dir / FILES["slat_flow"], opset)
     io["slat_mesh_decoder"] = export_mesh_decoder(model.mesh_decoder, out_dir / FILES["slat_mesh_decoder"], opset)
@@ -55,8 +71,8 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
         "flow": {"num_downsamples": model.flow.config.num_downsamples},
         "decoders": {"representation": dec.representation, "num_gaussians": model.gaussian_decoder.config.num_gaussians,
                      "chunk_block": CHUNK_BLOCK, "chunk_halo": CHUNK_HALO, **decoder_window_spec(model.mesh_decoder),
-                     # texture.reference: colour outputs are relative to the crop's mean colour
-                     "color_reference": COLOR_REFERENCE_CROP_MEAN if dec.color_reference else "none"},
+                     # texture.reference: colour outputs are relative to a reference colour
+                     "color_reference": color_reference if dec.color_reference else "none"},
         "sampler": {"steps": 25, "cfg_strength": 1.0, "cfg_interval": [0.0, 500.0], "rescale_t": 1.0, "time_scale": 1000.0},
     }
     for key, value in card_fields.items():
@@ -74,11 +90,13 @@ def export_texture_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, 
 
     ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     model = TextureBundle(ckpt["preset"])
-    model.load_state_dict(ckpt["state_dict"])
+    reference = ckpt.get("color_reference", COLOR_REFERENCE_CROP_MEAN)
+    # before the albedo head: its weights are missing and stay zero (the graph's albedo is the crop's mean)
+    model.load_state_dict(ckpt["state_dict"], strict=reference == COLOR_REFERENCE_PREDICTED)
     fields = {"latent": {"mean": ckpt["latent_mean"], "std": ckpt["latent_std"]}, "sampler": ckpt["sampler"],
               "training": ckpt["meta"]}
     fields.update(card_fields)
-    return export_texture_model(model, out_dir, fields)
+    return export_texture_model(model, out_dir, fields, color_reference=reference)
 
 
 def export_texture_random(out_dir: str | Path, seed: int = 0, preset: str = "tiny", **card_fields: Any) -> ModelCard:

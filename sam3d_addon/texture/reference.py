@@ -1,18 +1,18 @@
-"""Colour relative to the photo: the reference colour of the tiny texture model's decoders.
+"""Colour relative to a reference: the reference colour of the tiny texture model's decoders.
 
 With `color_reference` on (the tiny preset's decoders; see `nn.slat_decoders.SLatDecoderConfig`)
-the structured latent encodes each voxel's colour *relative to the object's mean photo colour*,
-and its decoders' colour outputs are relative too: 0.5 means "the reference colour", other values
-shift it in logit space.  Why: the mean photo colour is already a good guess of an object's albedo
-(it is the texture bench's baseline), and a flow trained for an hour on 2 CPU cores learnt to
-follow the photo only part of the way (measured on 0.2.0: a white object came out 0.48 grey).
-Relative colours let the flow spend its capacity on what the photo's mean does not say (shading
-bias, parts of other colours) instead of on re-learning the photo's colour from scratch.
+the structured latent encodes each voxel's colour *relative to one colour of the object*, and its
+decoders' colour outputs are relative too: 0.5 means "the reference colour", other values shift
+it in logit space.  Why: a flow trained for an hour on 2 CPU cores learnt to follow the photo only
+part of the way (measured on 0.2.0: a white object came out 0.48 grey); with relative colours it
+spends its capacity on how voxels differ, and the object's colour comes from the reference.
 
-The reference is the mask-weighted mean of the prepared crop (`preprocess.prepare_inputs`'s
-`image` and `mask`), the same statistic the texture condition encoder computes in its graph, so
-training and run time read it from identical inputs.  NumPy only; `train/texture.py` has the
-torch twin of `absolute_colors` for the losses (tested equal).
+Which reference (the card's `decoders.color_reference`, contract.py):
+* "predicted_albedo" (0.4.0): the texture condition encoder's `albedo` output, the crop's mean
+  colour de-lit by a learnt shift (`train.texture.TextureConditionEncoder.albedo`); in training
+  the reference is each object's true mean albedo.
+* "crop_mean" (0.3.0): the mask-weighted mean of the prepared crop (`crop_reference_color`).
+NumPy only; `train/texture.py` has the torch twin of `absolute_colors` for the losses (tested equal).
 """
 
 from __future__ import annotations

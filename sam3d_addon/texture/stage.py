@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..contract import COLOR_REFERENCE_CROP_MEAN, NOISE_CENTRED, ModelCard, load_texture_card
+from ..contract import COLOR_REFERENCE_CROP_MEAN, COLOR_REFERENCE_PREDICTED, NOISE_CENTRED, ModelCard, load_texture_card
 from ..sparse_index import decoder_window_maps, level_index_maps, subdivision_maps
 from ..runtime import SessionCache
 from ..sampler import FlowSampler, centre_noise, initial_noise
@@ -82,10 +82,22 @@ class TextureStage:
                            cfg_interval=tuple(s.get("cfg_interval", (0.0, 500.0))),
                            time_scale=float(s.get("time_scale", 1000.0)))
 
+    def encode(self, inputs: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """(condition tokens, the colour reference [3] or None) of prepared photo inputs."""
+        out = self.sessions.stage("texture_condition_encoder")(inputs)
+        mode = self.card.data["decoders"].get("color_reference", "none")
+        if mode == COLOR_REFERENCE_PREDICTED:
+            return out["cond"], np.asarray(out["albedo"][0], np.float64)
+        if mode == COLOR_REFERENCE_CROP_MEAN:
+            return out["cond"], crop_reference_color(inputs["image"], inputs["mask"])
+        return out["cond"], None
+
     def sample_latent(self, coords: np.ndarray, inputs: dict, seed: int | None = 0, steps: int | None = None,
-                      cfg_strength: float | None = None, progress=None, cancel=None) -> np.ndarray:
-        """The structured latent [N, C] (de-normalised) on the active voxels `coords`."""
-        cond = self.sessions.stage("texture_condition_encoder")(inputs)["cond"]
+                      cfg_strength: float | None = None, progress=None, cancel=None, cond=None) -> np.ndarray:
+        """The structured latent [N, C] (de-normalised) on the active voxels `coords`; `cond`: the
+        encoder's tokens when already computed (`encode`)."""
+        if cond is None:
+            cond = self.encode(inputs)[0]
         maps = level_index_maps(coords, int(self.card.data["flow"]["num_downsamples"]))
         flow = self.sessions.stage("slat_flow")
 
@@ -148,12 +160,10 @@ class TextureStage:
         if len(coords) == 0:
             return res
         t0 = time.perf_counter()
-        feats = self.sample_latent(coords, inputs, seed, steps, cfg_strength, progress, cancel)
+        cond, reference = self.encode(inputs)
+        feats = self.sample_latent(coords, inputs, seed, steps, cfg_strength, progress, cancel, cond=cond)
         res.timings["texture_sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        reference = None
-        if self.card.data["decoders"].get("color_reference", "none") == COLOR_REFERENCE_CROP_MEAN:
-            reference = crop_reference_color(inputs["image"], inputs["mask"])
         if output in ("mesh", "both"):
             fine, sdf, rgb = self.decode_mesh(feats, coords, max_voxels)
             if reference is not None:

@@ -231,6 +231,9 @@ def _add_train_texture(sub):
     p = sub.add_parser("train-texture", help="train the texture & refinement model (structured-latent VAE, then flow)")
     p.add_argument("--data", required=True, help="a `sam3d data --texture` directory")
     p.add_argument("--out", default="runs/tiny-texture")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this texture_model.pt's weights (missing ones keep their initial values); "
+                        "its training time is recorded in the new model's card")
     p.add_argument("--minutes", default=None, metavar="VAE,FLOW", help="time budget per stage in minutes")
     p.add_argument("--steps", default=None, metavar="VAE,FLOW", help="override the step counts")
     p.add_argument("--seed", type=int, default=0)

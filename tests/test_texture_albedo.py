@@ -79,3 +79,22 @@ def test_albedo_head_is_the_crop_mean_untrained_and_onnx_matches_torch(tmp_path)
     one = {k: v[:1] for k, v in inputs.items()}
     _, reference = stage.encode(one)
     np.testing.assert_allclose(reference, albedo[0], atol=1e-5)
+
+
+def test_train_texture_init_loads_an_older_checkpoint(tmp_path):
+    """`sam3d train-texture --init`: a warm start from a checkpoint made before the albedo head
+    (0.3.0): its weights load, the head stays at zero, and its training time is counted."""
+    torch = pytest.importorskip("torch")
+    from sam3d_addon.train.texture import TextureBundle, TextureTrainer
+
+    torch.manual_seed(5)
+    old = TextureBundle()
+    state = {k: v for k, v in old.state_dict().items() if "albedo" not in k}
+    ckpt = tmp_path / "old.pt"
+    torch.save({"state_dict": state, "meta": {"seconds": {"vae": 10.0, "flow": 20.0}}}, ckpt)
+    trainer = TextureTrainer(tmp_path / "data", tmp_path / "run", init=ckpt)
+    new = trainer.model.state_dict()
+    assert all(torch.equal(new[k], v) for k, v in state.items())
+    assert not trainer.model.condition_encoder.albedo_head.weight.any()
+    assert trainer.state["seconds"] == {"init_vae": 10.0, "init_flow": 20.0}
+    assert sorted(trainer.init["missing"]) == sorted(k for k in new if "albedo" in k)

@@ -133,8 +133,9 @@ def test_texture_recipe_end_to_end(tmp_path):
 
 
 def test_tiny_colours_are_relative_to_the_crop_colour(texture_model):
-    """The tiny card's decoders give colour relative to the crop's mean colour (texture.reference):
-    even the untrained model paints a red photo's object red and a blue one's blue."""
+    """The tiny card's decoders give colour relative to the encoder's albedo (texture.reference),
+    which untrained is the crop's mean colour: even the untrained model paints a red photo's object
+    red and a blue one's blue."""
     stage = TextureStage(texture_model, device="cpu")
     assert stage.card.data["decoders"]["color_reference"] == "predicted_albedo"
     means = {}

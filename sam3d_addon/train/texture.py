@@ -300,7 +300,7 @@ def mesh_losses(decoder, feats, coords_t, subdivisions, obj: TextureObject):
 
 class TextureTrainer:
     def __init__(self, data_dir, out, seed: int = 0, schedule: TextureSchedule | None = None,
-                 limit: int | None = None):
+                 limit: int | None = None, init: str | Path | None = None):
         self.data_dir, self.out, self.seed = Path(data_dir), Path(out), seed
         self.schedule = schedule or TextureSchedule()
         self.limit = limit
@@ -313,7 +313,21 @@ class TextureTrainer:
         self.state = {"stage": "vae", "step": 0, "seconds": {}}
         self.latent_mean = self.latent_std = None
         self.heldout = {}
+        self.init = None
+        if init is not None and not (self.out / "state.pt").is_file():
+            self.init_from(init)
 
+    def init_from(self, checkpoint) -> None:
+        """Start from another run's weights (a warm start): every parameter it has is loaded, the
+        others (e.g. the albedo head, absent before 0.4.0) keep their initial values.  Its training
+        seconds are kept in the state, so the card counts them."""
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        missing, unexpected = self.model.load_state_dict(saved["state_dict"], strict=False)
+        if unexpected:
+            raise InputError(f"{checkpoint} is not a {TEXTURE_PRESET} texture checkpoint ({unexpected[0]} is unknown).")
+        self.init = {"checkpoint": str(checkpoint), "missing": missing,
+                     "seconds": saved.get("meta", {}).get("seconds", {})}
+        self.state["seconds"].update({f"init_{k}": float(v) for k, v in self.init["seconds"].items()})
     def save_state(self, optimizer=None):
         state = {"schedule": asdict(self.schedule), "state": self.state, "model": self.model.state_dict(),
                  "latent_mean": self.latent_mean, "latent_std": self.latent_std, "heldout": self.heldout,
@@ -498,6 +512,7 @@ class TextureTrainer:
                                 "cfg_interval": [0.0, 500.0], "rescale_t": self.schedule.flow_t_shift, "time_scale": 1000.0,
                                 "noise": NOISE_CENTRED},
                     "meta": {"data": str(self.data_dir), "train_samples": n_train,
+                             **({"init": {k: self.init[k] for k in ("checkpoint", "missing")}} if self.init else {}),
                              "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
                              "schedule": asdict(self.schedule), "seed": self.seed, "device": "cpu",
                              "torch": torch.__version__}}, path)
@@ -512,5 +527,6 @@ def train_texture_main(args) -> int:
         schedule = TextureSchedule(vae_steps=steps["vae"], flow_steps=steps["flow"],
                                    warmup=max(1, min(100, steps["flow"] // 10)))
     minutes = stage_values(args.minutes, "--minutes", ("vae", "flow"))
-    TextureTrainer(args.data, args.out, seed=args.seed, schedule=schedule, limit=args.limit).run(minutes)
+    TextureTrainer(args.data, args.out, seed=args.seed, schedule=schedule, limit=args.limit,
+                   init=getattr(args, "init", None)).run(minutes)
     return 0

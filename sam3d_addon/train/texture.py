@@ -98,7 +98,7 @@ class TextureObject:
     surface: np.ndarray  # [P, 3] float32 ground-truth surface samples, canonical frame
     images: dict  # condition inputs (uint8 images [C, S, S])
     path: str
-    reference: np.ndarray  # [3] the object's mean albedo: the colour reference in training (see `run`)
+    reference: np.ndarray  # [3] the object's mean albedo: the colour reference in training (see `train_albedo_head`)
 
 
 def _load_texture_object(task) -> TextureObject:

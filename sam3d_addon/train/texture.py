@@ -204,15 +204,21 @@ class TextureConditionEncoder(nn.Module):
         self.register_buffer("albedo_sd", torch.ones(ALBEDO_FEATURES))
 
     @staticmethod
+    def masked_mean_std(image, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weight [B, 1, S, S], area [B, 1], mean [B, 3], std [B, 3]) of the crop's masked colour."""
+        weight = mask[:, :1]
+        area = weight.sum(dim=(2, 3)).clamp(min=1.0)
+        mean = (image * weight).sum(dim=(2, 3)) / area
+        std = (((image - mean[:, :, None, None]) ** 2 * weight).sum(dim=(2, 3)) / area).clamp(min=0.0).sqrt()
+        return weight, area, mean, std
+
+    @staticmethod
     def colour_statistics(image, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked mean colour [B, 3], features [B, ALBEDO_FEATURES]) of a prepared crop: the mean
         and spread of the masked colour, the means weighted towards its brightest and darkest
         pixels (luminance^p and (1 - luminance)^p, p = 4, 16; the lit and the shadowed side), in
         logits, and the fraction of clipped pixels (an over-exposed photo)."""
-        weight = mask[:, :1]
-        area = weight.sum(dim=(2, 3)).clamp(min=1.0)
-        mean = (image * weight).sum(dim=(2, 3)) / area
-        std = (((image - mean[:, :, None, None]) ** 2 * weight).sum(dim=(2, 3)) / area).clamp(min=0.0).sqrt()
+        weight, area, mean, std = TextureConditionEncoder.masked_mean_std(image, mask)
         lum = (image * torch.tensor(LUMINANCE, dtype=image.dtype).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
         feats = [_logit(mean), std / 0.15]
         for p in (4.0, 16.0):
@@ -233,11 +239,8 @@ class TextureConditionEncoder(nn.Module):
 
     def forward(self, image, mask, rgb_image, rgb_image_mask, pointmap, rgb_pointmap):
         tokens = self.embedder(image, mask, rgb_image, rgb_image_mask, pointmap, rgb_pointmap)
-        weight = mask[:, :1]  # [B, 1, S, S]
-        area = weight.sum(dim=(2, 3)).clamp(min=1.0)
-        mean = (image * weight).sum(dim=(2, 3)) / area  # [B, 3]
-        var = ((image - mean[:, :, None, None]) ** 2 * weight).sum(dim=(2, 3)) / area
-        stats = torch.cat([(mean - 0.5) / 0.25, var.clamp(min=0.0).sqrt() / 0.15], dim=1)  # ~unit scale
+        _, _, mean, std = self.masked_mean_std(image, mask)
+        stats = torch.cat([(mean - 0.5) / 0.25, std / 0.15], dim=1)  # ~unit scale
         colour = self.colour(stats)[:, None]  # [B, 1, C]
         return torch.cat([tokens + colour, colour], dim=1)
 
@@ -328,6 +331,7 @@ class TextureTrainer:
         self.init = {"checkpoint": str(checkpoint), "missing": missing,
                      "seconds": saved.get("meta", {}).get("seconds", {})}
         self.state["seconds"].update({f"init_{k}": float(v) for k, v in self.init["seconds"].items()})
+
     def save_state(self, optimizer=None):
         state = {"schedule": asdict(self.schedule), "state": self.state, "model": self.model.state_dict(),
                  "latent_mean": self.latent_mean, "latent_std": self.latent_std, "heldout": self.heldout,

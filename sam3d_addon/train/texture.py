@@ -360,6 +360,9 @@ class TextureTrainer:
         t0 = time.time()
         objects = load_texture_objects(self.data_dir, "train", size, limit=self.limit)
         print(f"train-texture: {len(objects)} objects loaded in {time.time() - t0:.0f} s", file=sys.stderr)
+        # Loading computes the exact SDF targets: real work of the run, so the card counts it.
+        self.state["seconds"].setdefault("load", 0.0)
+        self.state["seconds"]["load"] += time.time() - t0
         if len(objects) < 4:
             raise InputError(f"Only {len(objects)} texture samples in {self.data_dir}; generate more with `sam3d data --texture`.")
         self.cache = {}

@@ -31,7 +31,7 @@ def load_test_samples(data_dir: Path, limit: int | None) -> list[dict]:
     return [load_sample(p) for p in paths[:limit]]
 
 
-def model_predict_fn(pipe, shortcut: bool):
+def model_predict_fn(pipe, shortcut: bool, box_align: bool = True):
     from .preprocess import prepare_inputs
 
     card = pipe.card
@@ -39,7 +39,8 @@ def model_predict_fn(pipe, shortcut: bool):
     def predict(sample: dict) -> dict:
         start = time.perf_counter()
         inputs = prepare_inputs(sample["rgb"], sample["mask"], card.input_size, card.crop_box_factor)
-        out = pipe.generate(inputs, seed=int(sample.get("seed", 0)) % (2**31), shortcut=shortcut)
+        out = pipe.generate(inputs, seed=int(sample.get("seed", 0)) % (2**31), shortcut=shortcut,
+                            mask=sample["mask"] if box_align else None)
         seconds = time.perf_counter() - start
         return {"occupancy": out["logits"] > card.occupancy_threshold, "R": out["R"], "t": out["t"],
                 "s": out["s"], "seconds": seconds}
@@ -48,7 +49,7 @@ def model_predict_fn(pipe, shortcut: bool):
 
 
 def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quick: bool = False,
-                   limit: int | None = None) -> dict:
+                   limit: int | None = None, box_align: bool = True) -> dict:
     from .baseline import make_baseline_predict_fn
     from .bench_geometry import evaluate
     from .pipeline import Sam3DPipeline
@@ -64,8 +65,8 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
 
     report = {}
     for key, fn in (
-        ("model_4step", model_predict_fn(pipe, shortcut=True)),
-        ("model_25step_cfg", model_predict_fn(pipe, shortcut=False)),
+        ("model_4step", model_predict_fn(pipe, shortcut=True, box_align=box_align)),
+        ("model_25step_cfg", model_predict_fn(pipe, shortcut=False, box_align=box_align)),
         ("baseline", make_baseline_predict_fn(median_depth, resolution=pipe.card.occupancy_resolution)),
     ):
         print(f"bench geometry: {key} on {len(samples)} samples", file=sys.stderr)
@@ -76,7 +77,8 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
 
 
 def bench_geometry_cli(args) -> dict:
-    return bench_geometry(model=args.model or "tiny", data_dir=args.data, quick=args.quick)
+    return bench_geometry(model=args.model or "tiny", data_dir=args.data, quick=args.quick,
+                          box_align=args.box_align)
 
 
 def bench_geometry_stage(model: str = "tiny", data_dir: str | Path | None = None, repeats: int = 8) -> dict:
@@ -96,10 +98,11 @@ def bench_geometry_stage(model: str = "tiny", data_dir: str | Path | None = None
     pipe.generate(inputs[0], seed=0, shortcut=True)  # warm-up: session creation
     pipe.generate(inputs[0], seed=0, shortcut=False)
     parts = {"model_4step": [], "model_25step_cfg": []}
-    for i, inp in enumerate(inputs):  # alternate the two modes so load hits both alike
+    for i, (inp, sample) in enumerate(zip(inputs, samples)):  # alternate the two modes so load hits both alike
         for key, shortcut in (("model_4step", True), ("model_25step_cfg", False)):
             timings: dict = {}
-            pipe.generate(inp, seed=i, shortcut=shortcut, timings=timings)
+            # with the mask: the box alignment is part of the stage (timed under "decode")
+            pipe.generate(inp, seed=i, shortcut=shortcut, timings=timings, mask=sample["mask"])
             parts[key].append(timings)
     report = {}
     for key, rows in parts.items():

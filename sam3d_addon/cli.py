@@ -36,6 +36,9 @@ def _add_3dfy(sub):
     p.add_argument("--fit-layout", action=argparse.BooleanOptionalAction, default=True,
                    help="after sampling, fit each object's translation/scale/yaw to its mask (default: on; "
                         "~30 s per object on a CPU; --no-fit-layout keeps the model's own pose)")
+    p.add_argument("--box-align", action=argparse.BooleanOptionalAction, default=True,
+                   help="set each sampled pose's scale and sideways place so the object's projected box "
+                        "matches its mask's box (default: on; --no-box-align keeps the flow's own pose)")
     p.add_argument("--no-bake", action="store_true",
                    help="do not UV-unwrap and bake a texture: the mesh keeps its colours as a colour attribute "
                         "(the material reads it)")
@@ -156,8 +159,8 @@ def cmd_3dfy(args) -> int:
     texture_model = None if str(args.texture_model).lower() == "none" else args.texture_model
     pipe = Sam3DPipeline(model=args.model, device=args.device, notice=notice, texture_model=texture_model)
     result = pipe.run(args.image, args.mask, steps=args.steps, seed=args.seed, cfg_strength=args.cfg,
-                      shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout, output=args.output,
-                      bake=not args.no_bake, photo_projection=args.photo_projection, delight=args.delight,
+                      shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout, box_align=args.box_align,
+                      output=args.output, bake=not args.no_bake, photo_projection=args.photo_projection, delight=args.delight,
                       texture_size=args.texture_size)
     plys = write_gaussian_plys(result, out) if args.output != "mesh" else []
 
@@ -403,6 +406,9 @@ def _add_bench(sub):
     p.add_argument("--steps", type=int, default=None, help="bench texture: sampler steps (default: the card's)")
     p.add_argument("--faces", type=int, default=500_000, help="bench import: mesh size")
     p.add_argument("--seed", type=int, default=0, help="bench refine: the policy's seed (the scenes are fixed)")
+    p.add_argument("--box-align", action=argparse.BooleanOptionalAction, default=True,
+                   help="bench geometry: align the model's poses with the mask boxes, as 3dfy does "
+                        "(--no-box-align scores the flow's own pose)")
     p.set_defaults(func=cmd_bench)
 
 

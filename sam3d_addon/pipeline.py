@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import pose as pose_mod
+from .box_align import align_pose_to_mask_box
 from .contract import DEFAULT_TEXTURE_MODEL, POSE_DIMS, ModelCard, available_models, load_card
 from .errors import Cancelled, InputError, ModelError
 from .meshing import occupancy_to_mesh
@@ -137,8 +138,13 @@ class Sam3DPipeline:
     def generate(self, inputs: dict[str, np.ndarray], seed: int | None = 0, steps: int | None = None,
                  cfg_strength: float | None = None, shortcut: bool | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 cancel: Callable[[], bool] | None = None, timings: dict | None = None) -> dict:
-        """Model inputs (batch 1) -> occupancy logits and the decoded pose in the camera frame."""
+                 cancel: Callable[[], bool] | None = None, timings: dict | None = None,
+                 mask: np.ndarray | None = None) -> dict:
+        """Model inputs (batch 1) -> occupancy logits and the decoded pose in the camera frame.
+
+        With `mask` (the photo's full-size object mask) the pose is aligned with the mask's box
+        (`box_align`: scale and sideways place, in the card's camera); `flow_pose` keeps the
+        sampled (R, t, s)."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
         cond = self.encode(inputs)
@@ -150,16 +156,20 @@ class Sam3DPipeline:
         t2 = time.perf_counter()
         logits = self.decode(x["shape"])[0, 0]
         R, t, s = pose_mod.decode_pose({m: x[m][0, 0] for m in POSE_DIMS}, self.card.pose)
+        flow_pose = (R, t, s)
+        if mask is not None:
+            t, s = align_pose_to_mask_box(logits > self.card.occupancy_threshold, R, t, s, mask,
+                                          self.card.camera_fov_deg)
         t3 = time.perf_counter()
         for key, dt in (("encode", t1 - t0), ("sample", t2 - t1), ("decode", t3 - t2)):
             timings[key] = timings.get(key, 0.0) + dt
-        return {"logits": logits, "R": R, "t": t, "s": s}
+        return {"logits": logits, "R": R, "t": t, "s": s, "flow_pose": flow_pose}
 
     # -- the whole job --------------------------------------------------------------------------
     def run(self, image, masks, names: list[str] | None = None, steps: int | None = None,
             seed: int | None = 0, cfg_strength: float | None = None,
             progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
-            shortcut: bool | None = None, fit_layout: bool = False, output: str = "mesh",
+            shortcut: bool | None = None, fit_layout: bool = False, box_align: bool = True, output: str = "mesh",
             bake: bool = True, photo_projection: bool = False, delight: float = 0.0,
             texture_size: int = 512) -> Result:
         """3Dfy every mask of a photo.  Validates all inputs before any model work.
@@ -168,9 +178,12 @@ class Sam3DPipeline:
         translation, scale and yaw are adjusted so its silhouette through the matched camera fits
         its mask.  Without a point map the model's depth and size are ambiguous; this pins them to
         what the photo shows.  It costs ~30 s per object on a CPU.  Off here, so the API returns
-        the model's own pose unless asked; the CLI and the sidebar turn it on by default (measured
-        on the example chair with tiny 0.2.0, seeds 0-3: silhouette IoU 0.27-0.32 without it,
-        0.55-0.57 with it).
+        the model's (box-aligned) pose unless asked; the CLI and the sidebar turn it on by default
+        (measured on the example chair with tiny 0.2.0, seeds 0-3: silhouette IoU 0.32-0.35
+        without it, 0.53-0.59 with it).
+
+        `box_align` (on by default) sets each sampled pose's scale and sideways place so that the
+        object's projected box matches its mask's box (`box_align.py`; closed form, ~2 ms).
 
         `output`: "mesh", "gaussians" or "both".  With a texture stage the mesh is its refined,
         coloured mesh (2x the occupancy resolution) and the Gaussians come from it too; without one
@@ -232,7 +245,8 @@ class Sam3DPipeline:
             inputs = prepare_inputs(photo.rgb, mask, self.card.input_size, self.card.crop_box_factor)
             out = self.generate(inputs, seed=None if seed is None else seed + i, steps=steps,
                                 cfg_strength=cfg_strength, shortcut=shortcut,
-                                progress=step_progress, cancel=cancel, timings=timings)
+                                progress=step_progress, cancel=cancel, timings=timings,
+                                mask=mask if box_align else None)
             t_mesh = time.perf_counter()
             occupancy = out["logits"] > self.card.occupancy_threshold
             verts, faces = occupancy_to_mesh(out["logits"], level=self.card.occupancy_threshold)

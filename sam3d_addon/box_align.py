@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .baseline import focal_px, mask_bbox, project_points
+from .pose import canonical_to_camera
 
 # A box ratio outside this range means the sample and the mask disagree about what the object
 # is; scaling by it would only move the error, so the ratio is clamped.
@@ -56,20 +57,16 @@ def align_pose_to_mask_box(occupancy: np.ndarray, R: np.ndarray, t: np.ndarray, 
     camera, returns (t, s) unchanged.
     """
     t = np.array(t, dtype=np.float64).reshape(3)
-    s = np.array(s, dtype=np.float64)
+    s = np.array(np.broadcast_to(np.asarray(s, dtype=np.float64).reshape(-1), (3,)))
     mask = np.asarray(mask, dtype=bool)
     corners = occupied_corners(occupancy)
-    if len(corners) == 0 or not mask.any():
+    if len(corners) == 0 or not mask.any() or canonical_to_camera(corners, R, t, s)[:, 2].min() <= MIN_DEPTH:
         return t, s
     height, width = mask.shape
     u0, v0, u1, v1 = mask_bbox(mask)
     f = focal_px(fov_deg, height, width)
-    scale = np.broadcast_to(s.reshape(-1), (3,))
     for _ in range(rounds):
-        points = (corners * scale) @ np.asarray(R, dtype=np.float64) + t
-        if points[:, 2].min() <= MIN_DEPTH:
-            break
-        uv = project_points(points, fov_deg, height, width)
+        uv = project_points(canonical_to_camera(corners, R, t, s), fov_deg, height, width)
         (pu0, pv0), (pu1, pv1) = uv.min(axis=0), uv.max(axis=0)
         ratio = max(u1 - u0, v1 - v0) / max(pu1 - pu0, pv1 - pv0, 1e-9)
         ratio = float(np.clip(ratio, 1.0 / MAX_SCALE_CHANGE, MAX_SCALE_CHANGE))
@@ -77,8 +74,7 @@ def align_pose_to_mask_box(occupancy: np.ndarray, R: np.ndarray, t: np.ndarray, 
         dv = (v0 + v1) / 2.0 - (pv0 + pv1) / 2.0
         # u = W/2 - f x / z: a shift of du pixels at depth z is dx = -du z / f (likewise y).
         t_next = t + np.array([-du * t[2] / f, -dv * t[2] / f, 0.0])
-        scale_next = scale * ratio
-        if ((corners * scale_next) @ np.asarray(R, dtype=np.float64) + t_next)[:, 2].min() <= MIN_DEPTH:
+        if canonical_to_camera(corners, R, t_next, s * ratio)[:, 2].min() <= MIN_DEPTH:
             break
-        t, scale = t_next, scale_next
-    return t, np.array(scale if s.size == 3 else scale[:1].reshape(s.shape), dtype=np.float64)
+        t, s = t_next, s * ratio
+    return t, s

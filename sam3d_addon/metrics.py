@@ -39,6 +39,8 @@ from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError, cKDTree
 from scipy.spatial.distance import pdist
 from skimage.measure import marching_cubes
 
+from .pose import canonical_to_camera
+
 # -- voxel IoU -----------------------------------------------------------------------------------
 
 
@@ -282,10 +284,7 @@ def chamfer(pred_pts: np.ndarray, gt_pts: np.ndarray) -> float:
 
 def posed_points(points_canonical: np.ndarray, R: np.ndarray, t: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Canonical points into the model camera frame: p_cam = R^T (s * p_obj) + t (pose.py)."""
-    p = np.asarray(points_canonical, dtype=np.float64).reshape(-1, 3)
-    scale = np.broadcast_to(np.asarray(s, dtype=np.float64).reshape(-1), (3,))
-    # row-vector form of R^T (s * p): (s * p) @ R
-    return (p * scale) @ np.asarray(R, dtype=np.float64) + np.asarray(t, dtype=np.float64).reshape(3)
+    return canonical_to_camera(points_canonical, R, t, s)
 
 
 def adds_from_distances(pred_to_gt: np.ndarray, gt_to_pred: np.ndarray) -> float:

@@ -122,6 +122,14 @@ def encode_pose(R: np.ndarray, t: np.ndarray, s: np.ndarray, stats: dict) -> dic
 
 # -- model camera frame <-> Blender world ---------------------------------------------------------
 
+def canonical_to_camera(points: np.ndarray, R: np.ndarray, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Canonical points [N,3] into the model camera frame: p_cam = R^T (s * p) + t."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    scale = np.broadcast_to(np.asarray(s, dtype=np.float64).reshape(-1), (3,))
+    # row-vector form of R^T (s * p): (s * p) @ R
+    return (p * scale) @ np.asarray(R, dtype=np.float64) + np.asarray(t, dtype=np.float64).reshape(3)
+
+
 def default_camera_matrix_world() -> np.ndarray:
     """Camera at the world origin looking along +Y, +Z up (Blender rotation_euler = (90deg, 0, 0))."""
     M = np.eye(4)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from .baseline import focal_px, mask_bbox, project_points
-from .pose import canonical_to_camera
+from .pose import canonical_to_camera, rotation_z
+from .texture.voxels import surface_voxel_coords
 
 # A box ratio outside this range means the sample and the mask disagree about what the object
 # is; scaling by it would only move the error, so the ratio is clamped.
@@ -67,14 +68,27 @@ def align_pose_to_mask_box(occupancy: np.ndarray, R: np.ndarray, t: np.ndarray, 
     across the photo's longer side).  An empty shape or mask, or a shape reaching behind the
     camera, returns (t, s) unchanged.
     """
-    t = np.array(t, dtype=np.float64).reshape(3)
-    s = np.array(np.broadcast_to(np.asarray(s, dtype=np.float64).reshape(-1), (3,)))
     mask = np.asarray(mask, dtype=bool)
     corners = occupied_corners(occupancy)
-    if len(corners) == 0 or not mask.any() or canonical_to_camera(corners, R, t, s)[:, 2].min() <= MIN_DEPTH:
+    if len(corners) == 0 or not mask.any():
+        return _as_pose(t, s)
+    return _box_aligned(corners, R, t, s, mask_bbox(mask), fov_deg, mask.shape, rounds)
+
+
+def _as_pose(t, s) -> tuple[np.ndarray, np.ndarray]:
+    """(t, s) as float arrays of 3 values (s may come as one)."""
+    return (np.array(t, dtype=np.float64).reshape(3),
+            np.array(np.broadcast_to(np.asarray(s, dtype=np.float64).reshape(-1), (3,))))
+
+
+def _box_aligned(corners, R, t, s, box, fov_deg: float, shape, rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """`align_pose_to_mask_box` with the shape's corners and the mask's box already computed (the
+    turn search aligns one shape to one mask 24 times)."""
+    t, s = _as_pose(t, s)
+    if canonical_to_camera(corners, R, t, s)[:, 2].min() <= MIN_DEPTH:
         return t, s
-    height, width = mask.shape
-    u0, v0, u1, v1 = mask_bbox(mask)
+    height, width = shape
+    u0, v0, u1, v1 = box
     f = focal_px(fov_deg, height, width)
     for _ in range(rounds):
         uv = project_points(canonical_to_camera(corners, R, t, s), fov_deg, height, width)
@@ -95,15 +109,8 @@ def surface_points(occupancy: np.ndarray) -> np.ndarray:
     """Canonical points that cover the shape's silhouette from any side: 8 points per surface
     voxel (an occupied voxel with an empty face neighbour), a quarter voxel from its centre."""
     occ = np.asarray(occupancy, dtype=bool)
-    res = occ.shape[0]
-    padded = np.pad(occ, 1)
-    inner = occ.copy()
-    for axis in range(3):
-        for shift in (-1, 1):
-            inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
-    idx = np.argwhere(occ & ~inner)
     offsets = np.array([[i, j, k] for i in (0.25, 0.75) for j in (0.25, 0.75) for k in (0.25, 0.75)])
-    return (idx[:, None, :] + offsets[None]).reshape(-1, 3) / res - 0.5
+    return (surface_voxel_coords(occ)[:, None, :] + offsets[None]).reshape(-1, 3) / occ.shape[0] - 0.5
 
 
 def _mask_grid(mask: np.ndarray, box) -> np.ndarray:
@@ -137,9 +144,7 @@ def silhouette_agreement(points: np.ndarray, R, t, s, mask_grid: np.ndarray, box
 def turned_about_up(R: np.ndarray, angle: float) -> np.ndarray:
     """R for the object first turned by `angle` about its canonical up axis (+z):
     p_cam = R^T (s Rz p) + t = (Rz^T R)^T (s p) + t."""
-    c, s = np.cos(angle), np.sin(angle)
-    Rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    return Rz.T @ np.asarray(R, dtype=np.float64)
+    return rotation_z(angle).T @ np.asarray(R, dtype=np.float64)
 
 
 def align_pose_to_mask(occupancy: np.ndarray, R: np.ndarray, t: np.ndarray, s: np.ndarray,
@@ -150,17 +155,20 @@ def align_pose_to_mask(occupancy: np.ndarray, R: np.ndarray, t: np.ndarray, s: n
     alignment of the sampled pose."""
     R = np.asarray(R, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
-    t0, s0 = align_pose_to_mask_box(occupancy, R, t, s, mask, fov_deg)
-    points = surface_points(occupancy)
-    if yaws <= 1 or len(points) == 0 or not mask.any():
+    corners = occupied_corners(occupancy)
+    if len(corners) == 0 or not mask.any():
+        return (R, *_as_pose(t, s))
+    box = mask_bbox(mask)
+    t0, s0 = _box_aligned(corners, R, t, s, box, fov_deg, mask.shape)
+    if yaws <= 1:
         return R, t0, s0
     height, width = mask.shape
-    box = mask_bbox(mask)
+    points = surface_points(occupancy)
     grid = _mask_grid(mask, box)
     best = (silhouette_agreement(points, R, t0, s0, grid, box, fov_deg, height, width), R, t0, s0)
     for k in range(1, yaws):
         Rk = turned_about_up(R, 2.0 * np.pi * k / yaws)
-        tk, sk = align_pose_to_mask_box(occupancy, Rk, t, s, mask, fov_deg)
+        tk, sk = _box_aligned(corners, Rk, t, s, box, fov_deg, mask.shape)
         score = silhouette_agreement(points, Rk, tk, sk, grid, box, fov_deg, height, width)
         if score > best[0]:
             best = (score, Rk, tk, sk)

@@ -122,6 +122,12 @@ def encode_pose(R: np.ndarray, t: np.ndarray, s: np.ndarray, stats: dict) -> dic
 
 # -- model camera frame <-> Blender world ---------------------------------------------------------
 
+def rotation_z(yaw: float) -> np.ndarray:
+    """Rotation by `yaw` radians about +z (the canonical and Blender up axis)."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
 def canonical_to_camera(points: np.ndarray, R: np.ndarray, t: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Canonical points [N,3] into the model camera frame: p_cam = R^T (s * p) + t."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..pose import rotation_z
 from . import backgrounds, camera, shapes
 
 ELEVATION_DEG = (5.0, 45.0)
@@ -35,11 +36,6 @@ class SceneSpec:
     occluder_category: str = ""
     visible_goal: float = 1.0
     info: dict = field(default_factory=dict)
-
-
-def rotation_z(yaw: float) -> np.ndarray:
-    c, s = math.cos(yaw), math.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def world_vertices(spec: dict) -> np.ndarray:

@@ -216,10 +216,15 @@ def _add_train(sub):
     p.add_argument("--minutes", default=None, metavar="VAE,ENCODER,FLOW,DISTILL",
                    help="time budget per stage in minutes; step counts are fitted to it")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to train (auto: CUDA when torch sees a GPU)")
     p.add_argument("--stages", default="vae,encoder,flow,distill")
     p.add_argument("--steps", default=None, metavar="VAE,ENCODER,FLOW,DISTILL",
                    help="override the schedule's step counts, e.g. 20,20,20,10 for a smoke run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one schedule value, e.g. --set flow_batch=256 (repeatable; the card records them)")
+    p.add_argument("--stop-after", type=float, default=None, metavar="MIN",
+                   help="checkpoint and stop after MIN minutes of this run; the same command resumes")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.set_defaults(func=cmd_train)
 
@@ -228,6 +233,20 @@ def cmd_train(args) -> int:
     from .train.loop import train_main
 
     return train_main(args)
+
+
+def _add_pack(sub):
+    from .train.pack import add_pack_arguments
+
+    p = sub.add_parser("pack", help="pack a data set's model inputs into a few compact files (to train elsewhere)")
+    add_pack_arguments(p)
+    p.set_defaults(func=cmd_pack)
+
+
+def cmd_pack(args) -> int:
+    from .train.pack import pack_main
+
+    return pack_main(args, progress=_bar("pack"))
 
 
 def _add_train_texture(sub):
@@ -461,7 +480,7 @@ def _bar(label: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d", description="SAM 3D for Blender")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_3dfy, _add_data, _add_train, _add_export, _add_train_texture, _add_export_texture, _add_bench, _add_refine):
+    for add in (_add_3dfy, _add_data, _add_pack, _add_train, _add_export, _add_train_texture, _add_export_texture, _add_bench, _add_refine):
         add(sub)
     return parser
 

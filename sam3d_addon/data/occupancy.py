@@ -16,14 +16,9 @@ per edge with manifold3d's refine_to_length (same surface, well-shaped triangles
 from __future__ import annotations
 
 import numpy as np
-import trimesh
-from scipy import ndimage
-from trimesh.voxel.creation import voxelize_subdivide
 
-try:
-    import manifold3d as mf
-except ImportError:  # pragma: no cover
-    mf = None
+# trimesh, scipy and manifold3d are imported where a grid is made: reading a data set
+# (dataset.py, training, a training pack on a machine without them) needs only NumPy.
 
 GRID_RESOLUTION = 32
 
@@ -35,6 +30,10 @@ def voxel_centres(resolution: int = GRID_RESOLUTION) -> np.ndarray:
 
 def occupancy_grid(vertices: np.ndarray, faces: np.ndarray, resolution: int = GRID_RESOLUTION) -> np.ndarray:
     """Solid occupancy [R, R, R] (bool) of a closed canonical mesh inside [-0.5, 0.5]^3."""
+    import trimesh
+    from scipy import ndimage
+    from trimesh.voxel.creation import voxelize_subdivide
+
     pitch = 1.0 / resolution
     vertices, faces = _well_shaped(np.asarray(vertices, np.float64), np.asarray(faces), pitch)
     # shift so that cell c's centre sits at c * pitch: trimesh rounds vertex / pitch to a cell
@@ -52,7 +51,9 @@ def occupancy_grid(vertices: np.ndarray, faces: np.ndarray, resolution: int = GR
 
 def _well_shaped(vertices: np.ndarray, faces: np.ndarray, edge: float):
     """The same surface re-triangulated with edges of about `edge` (unchanged if not possible)."""
-    if mf is None:
+    try:
+        import manifold3d as mf
+    except ImportError:  # pragma: no cover
         return vertices, faces
     solid = mf.Manifold(mf.Mesh(vertices.astype(np.float32), faces.astype(np.uint32)))
     if solid.status() != mf.Error.NoError or solid.is_empty():

@@ -1,8 +1,12 @@
-"""Training tensors from the synthetic data engine's samples.
+"""Training tensors from the synthetic data engine's samples, or from a training pack.
 
 The model inputs come from `sam3d_addon.preprocess.prepare_inputs`, the same function the
 runtime uses, so training and inference see identical crops.  Pose targets come from
 `sam3d_addon.pose.encode_pose` with statistics of the training split.
+
+Point maps are kept at the point embedder's input size (16 px for `tiny`): the embedder reads
+only those pixels (a nearest resize, `nn.condition.resize_nearest`), so sampling them here gives
+the encoder the very same input at 1/27 of the memory.
 """
 
 from __future__ import annotations
@@ -12,12 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import list_samples, load_sample
+from ..data.dataset import list_samples, load_meta, load_sample
+from ..errors import InputError
 from ..pose import matrix_to_rotation_6d
 from ..preprocess import prepare_inputs
 
 IMAGE_KEYS = ("image", "mask", "rgb_image", "rgb_image_mask")
 POINT_KEYS = ("pointmap", "rgb_pointmap")
+
+
+def nearest_rows(in_size: int, out_size: int) -> np.ndarray:
+    """The source rows of the point embedder's nearest resize (nn.condition.nearest_indices, in
+    float32 as there)."""
+    index = np.floor(np.arange(out_size, dtype=np.float32) * np.float32(in_size / out_size)).astype(np.int64)
+    return np.minimum(index, in_size - 1)
 
 
 def condition_tensors(images: dict[str, np.ndarray]) -> dict:
@@ -37,7 +49,7 @@ class GeometryArrays:
     """All samples of a split, stacked.  Images are kept as uint8 to save memory."""
 
     images: dict[str, np.ndarray]  # key -> [N, C, S, S] uint8 (x255)
-    points: dict[str, np.ndarray]  # key -> [N, 3, S, S] float16 (NaN = no point)
+    points: dict[str, np.ndarray]  # key -> [N, 3, P, P] float16 (NaN = no point), P = point input size
     occupancy: np.ndarray  # [N, R, R, R] bool
     rotation: np.ndarray  # [N, 3, 3]
     translation: np.ndarray  # [N, 3]
@@ -49,10 +61,15 @@ class GeometryArrays:
 
 
 def load_split(data_dir: str | Path, split: str, input_size: int, limit: int | None = None,
-               progress=None) -> GeometryArrays:
+               progress=None, point_size: int | None = None) -> GeometryArrays:
+    """A split of a `sam3d data` directory as model inputs (point maps at point_size, default
+    input_size)."""
     paths = list_samples(data_dir, split)
-    if limit:
-        paths = paths[:limit]
+    return load_samples(paths[:limit] if limit else paths, input_size, progress, point_size)
+
+
+def load_samples(paths: list[Path], input_size: int, progress=None, point_size: int | None = None) -> GeometryArrays:
+    rows = nearest_rows(input_size, point_size or input_size)
     images = {k: [] for k in IMAGE_KEYS}
     points = {k: [] for k in POINT_KEYS}
     occ, rot, trans, scale = [], [], [], []
@@ -62,13 +79,18 @@ def load_split(data_dir: str | Path, split: str, input_size: int, limit: int | N
         for k in IMAGE_KEYS:
             images[k].append(np.clip(inputs[k][0] * 255.0 + 0.5, 0, 255).astype(np.uint8))
         for k in POINT_KEYS:
-            points[k].append(inputs[k][0].astype(np.float16))
+            points[k].append(inputs[k][0][:, rows][:, :, rows].astype(np.float16))
         occ.append(s["occupancy"])
         rot.append(s["rotation"])
         trans.append(s["translation"])
         scale.append(s["scale"])
         if progress:
             progress(i + 1, len(paths))
+    if not paths:
+        empty = np.zeros((0, 1, input_size, input_size), np.uint8)
+        return GeometryArrays(images={k: empty for k in IMAGE_KEYS}, points={k: empty for k in POINT_KEYS},
+                              occupancy=np.zeros((0, 32, 32, 32), bool), rotation=np.zeros((0, 3, 3)),
+                              translation=np.zeros((0, 3)), scale=np.zeros((0, 3)), paths=[])
     return GeometryArrays(
         images={k: np.stack(v) for k, v in images.items()},
         points={k: np.stack(v) for k, v in points.items()},
@@ -89,3 +111,44 @@ def pose_statistics(arrays: GeometryArrays) -> dict[str, list[float]]:
         stats[f"{key}_mean"] = values.mean(axis=0).tolist()
         stats[f"{key}_std"] = np.maximum(values.std(axis=0), 1e-3).tolist()
     return stats
+
+
+class TrainingData:
+    """Where `sam3d train` reads its samples: a `sam3d data` directory, or a training pack made
+    from one (`sam3d pack`, see train/pack.py), which needs neither Blender's output files nor
+    the preprocessing at load time."""
+
+    def __init__(self, path: str | Path):
+        from . import pack
+
+        self.path = Path(path)
+        self.pack = pack.read_pack_info(self.path) if pack.is_pack(self.path) else None
+        if self.pack is None and not (self.path / "train").is_dir():
+            raise InputError(f"{self.path} has no train/ split; generate data with `sam3d data --out {self.path} --n N`.")
+        if self.pack is not None:
+            self.meta = self.pack.get("data_meta", {})
+        else:
+            try:
+                self.meta = load_meta(self.path)
+            except InputError:  # a run still generating has no meta.json yet
+                self.meta = {}
+
+    def load(self, split: str, input_size: int, point_size: int, limit: int | None = None,
+             progress=None) -> GeometryArrays:
+        if self.pack is None:
+            return load_split(self.path, split, input_size, limit=limit, progress=progress, point_size=point_size)
+        from .pack import load_pack_split
+
+        return load_pack_split(self.path, split, input_size, point_size, limit=limit)
+
+    def fov_deg(self) -> float:
+        if self.pack is not None:
+            return float(self.pack["fov_deg"])
+        paths = list_samples(self.path, "train")
+        return float(load_sample(paths[0])["fov_deg"])
+
+    def source(self) -> str:
+        """What the card's training.data says."""
+        if self.pack is not None:
+            return self.pack.get("source", str(self.path))
+        return str(self.path)

@@ -19,7 +19,8 @@
 
 Every stage checkpoints to OUT/state.pt (resumable: rerun the same command) and appends to
 OUT/train_log.jsonl; the final model goes to OUT/model.pt in the export format of
-`sam3d_addon.nn.checkpoint`.
+`sam3d_addon.nn.checkpoint`.  Training runs on CUDA when torch sees a GPU (`--device`); random
+numbers are drawn on the CPU either way, so a run's batches and noise do not depend on the device.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ from ..nn.bundle import ModelBundle, build_models
 from ..nn.checkpoint import save_checkpoint
 from ..nn.vae import grid_to_tokens, tokens_to_grid
 from ..pose import encode_pose
-from ..data.dataset import list_samples, load_sample
-from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, condition_tensors, load_split, pose_statistics
+from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, TrainingData, condition_tensors, pose_statistics
 
 
 @dataclass
@@ -81,6 +81,8 @@ class Schedule:
     rescale_t: float = 1.0
     # Shortcut levels: the student learns steps of 2d for these d (fractions of the whole path).
     distill_levels: tuple = (1 / 32, 1 / 16, 1 / 8)
+    # Fraction of the samples seen mirrored left-right (Batches says why that is exact); 0 = off.
+    hflip: float = 0.0
 
 
 SCHEDULES = {"tiny": Schedule()}
@@ -108,34 +110,91 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-class Batches:
-    """Seeded random mini-batches of the stacked training arrays, as torch tensors."""
+MIRROR_X = np.diag([-1.0, 1.0, 1.0])
 
-    def __init__(self, arrays: GeometryArrays, latents: np.ndarray | None, pose_targets: dict | None, seed: int):
-        self.a = arrays
-        self.latents = latents
-        self.pose = pose_targets
+
+def mirrored_pose(rotation: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pose of the mirror image (photo flipped left-right, camera x -> -x) of an object whose
+    canonical shape is mirrored in its own x (occupancy reversed along axis 0):
+    p_cam = R^T (s p) + t becomes F p_cam = (F R F)^T (s F p) + F t, F = diag(-1, 1, 1); F R F is
+    again a rotation."""
+    return MIRROR_X @ rotation @ MIRROR_X, translation @ MIRROR_X
+
+
+@dataclass
+class Pick:
+    """One mini-batch's sample indices and which of them are seen mirrored."""
+
+    index: torch.Tensor
+    flip: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+class Batches:
+    """Seeded random mini-batches of the stacked training arrays, as torch tensors on `device`.
+
+    The arrays are moved to the device once (uint8 images, ~1 GB for 16k samples) and batches are
+    gathered there: on a GPU, copying each batch from host memory would cost more than the step.
+    With `hflip` > 0 that fraction of the samples is seen mirrored left-right (an exact
+    augmentation: the mirrored photo shows the mirrored shape at the mirrored pose, whose targets
+    `mirrored` holds)."""
+
+    def __init__(self, arrays: GeometryArrays, latents: np.ndarray | None, pose_targets: dict | None, seed: int,
+                 device: torch.device | str = "cpu", hflip: float = 0.0, mirrored: tuple | None = None):
+        self.n = len(arrays)
+        self.device = torch.device(device)
+        put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        self.images = {k: put(v) for k, v in arrays.images.items()}
+        self.points = {k: put(v) for k, v in arrays.points.items()}
+        self.occ = put(arrays.occupancy)
+        self.latents = None if latents is None else put(latents)
+        self.pose = None if pose_targets is None else {m: put(v) for m, v in pose_targets.items()}
+        self.hflip = float(hflip)
+        if self.hflip and latents is not None:
+            self.mirrored_latents = put(mirrored[0])
+            self.mirrored_pose = {m: put(v) for m, v in mirrored[1].items()}
+        self.point_sign = torch.tensor([-1.0, 1.0, 1.0], device=self.device).view(1, 3, 1, 1)
         self.rng = np.random.default_rng(seed)
 
-    def indices(self, batch: int) -> np.ndarray:
-        return self.rng.integers(0, len(self.a), batch)
+    def indices(self, batch: int) -> Pick:
+        index = torch.from_numpy(self.rng.integers(0, self.n, batch)).to(self.device)
+        flip = None
+        if self.hflip:
+            flip = torch.from_numpy(self.rng.random(batch) < self.hflip).to(self.device)
+        return Pick(index, flip)
 
-    def occupancy(self, idx) -> torch.Tensor:
-        return torch.from_numpy(self.a.occupancy[idx].astype(np.float32))[:, None]
+    @staticmethod
+    def _where(flip, mirrored, plain):
+        if flip is None:
+            return plain
+        return torch.where(flip.view((-1,) + (1,) * (plain.dim() - 1)), mirrored, plain)
 
-    def condition_inputs(self, idx, p_drop_points: float) -> dict[str, torch.Tensor]:
-        out = {k: torch.from_numpy(self.a.images[k][idx].astype(np.float32) / 255.0) for k in IMAGE_KEYS}
-        drop = self.rng.random(len(idx)) < p_drop_points
+    def occupancy(self, pick: Pick) -> torch.Tensor:
+        occ = self.occ[pick.index].float()
+        return self._where(pick.flip, occ.flip(1), occ)[:, None]  # grid axis 0 is canonical x
+
+    def condition_inputs(self, pick: Pick, p_drop_points: float) -> dict[str, torch.Tensor]:
+        out = {}
+        for k in IMAGE_KEYS:
+            img = self.images[k][pick.index].float() / 255.0
+            out[k] = self._where(pick.flip, img.flip(-1), img)
+        drop = torch.from_numpy(self.rng.random(len(pick)) < p_drop_points).to(self.device)
         for k in POINT_KEYS:
-            pts = self.a.points[k][idx].astype(np.float32)
-            pts[drop] = np.nan  # "no point map": the encoder's invalid token everywhere
-            out[k] = torch.from_numpy(pts)
+            pts = self.points[k][pick.index].float()
+            pts = self._where(pick.flip, pts.flip(-1) * self.point_sign, pts)
+            # "no point map": NaN everywhere, the encoder's invalid token
+            out[k] = torch.where(drop.view(-1, 1, 1, 1), torch.full_like(pts, float("nan")), pts)
         return out
 
-    def targets(self, idx) -> dict[str, torch.Tensor]:
-        x1 = {"shape": torch.from_numpy(self.latents[idx])}
+    def targets(self, pick: Pick) -> dict[str, torch.Tensor]:
+        i = pick.index
+        x1 = {"shape": self._where(pick.flip, self.mirrored_latents[i], self.latents[i])
+              if pick.flip is not None else self.latents[i]}
         for m in POSE_DIMS:
-            x1[m] = torch.from_numpy(self.pose[m][idx])[:, None, :]
+            plain = self.pose[m][i]
+            x1[m] = (self._where(pick.flip, self.mirrored_pose[m][i], plain) if pick.flip is not None else plain)[:, None, :]
         return x1
 
 
@@ -144,13 +203,18 @@ def _sample_time(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.sigmoid(torch.randn(n, generator=generator))
 
 
+def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """Normal noise drawn on the CPU generator, then moved: the same numbers on every device."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
 def flow_loss(bundle: ModelBundle, cond: torch.Tensor, x1: dict, weights: dict, generator: torch.Generator):
     """Per-modality weighted conditional flow-matching loss at d = 0 (noise t=0, data t=1)."""
-    b = cond.shape[0]
-    t = _sample_time(b, generator)
-    x0 = {m: torch.randn(v.shape, generator=generator) for m, v in x1.items()}
+    b, dev = cond.shape[0], cond.device
+    t = _sample_time(b, generator).to(dev)
+    x0 = {m: randn(v.shape, generator, dev) for m, v in x1.items()}
     xt = {m: (1 - t.view(-1, 1, 1)) * x0[m] + t.view(-1, 1, 1) * x1[m] for m in x1}
-    v = bundle.generator(xt, 1000.0 * t, cond, d=torch.zeros(b))
+    v = bundle.generator(xt, 1000.0 * t, cond, d=torch.zeros(b, device=dev))
     parts = {m: F.mse_loss(v[m], x1[m] - x0[m]) for m in x1}
     return sum(weights[m] * parts[m] for m in parts), {m: p.item() for m, p in parts.items()}
 
@@ -224,6 +288,10 @@ class LayoutProbe(torch.nn.Module):
 PROBE_POSE = ("rotation6d", "translation", "scale")
 
 
+class Paused(Exception):
+    """`--stop-after` reached: the state is saved and the same command resumes."""
+
+
 def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_every: int = 100, save_every: int = 500):
     """Run one stage of a trainer (`owner`: .state, .schedule.warmup, .out, .save_state(opt)).
     With a time budget (seconds) the step count is fitted to it after the first steps, so the
@@ -271,20 +339,31 @@ def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_eve
                             **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
         if step % save_every == 0:
             owner.save_state(opt)
+        if owner.deadline is not None and time.time() >= owner.deadline and step < total:
+            owner.save_state(opt)
+            _log(owner.out, {"stage": name, "event": "paused", "step": step})
+            raise Paused(f"{name} step {step}/{total}")
     return opt
 
 
 class Trainer:
     def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0,
-                 schedule: Schedule | None = None, limit: int | None = None):
+                 schedule: Schedule | None = None, limit: int | None = None, device: str = "cpu",
+                 stop_after_minutes: float | None = None):
         self.config_name = config_name
         self.schedule = schedule or SCHEDULES[config_name]
         self.limit = limit
+        self.data = TrainingData(data_dir)  # checks the data first: a bad --data changes nothing
         self.data_dir, self.out, self.seed = Path(data_dir), Path(out), seed
+        self.device = torch.device(device)
+        self.deadline = None if stop_after_minutes is None else time.time() + 60.0 * stop_after_minutes
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
+        # Built on the CPU (the same initial weights on every device), then moved.
         self.bundle = build_models(config_name)
         zero_init_modulation(self.bundle)
+        for module in self.bundle.modules().values():
+            module.to(self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self.state: dict = {"stage": "vae", "step": 0, "seconds": {}}
         self.latent_mean = self.latent_std = None
@@ -293,10 +372,13 @@ class Trainer:
         self.vae_heldout_viou = None
         self.probe_heldout_viou = None
         self.probe: ConditionProbe | None = None
-        if not (self.data_dir / "train").is_dir():
-            raise InputError(f"{self.data_dir} has no train/ split; generate data with `sam3d data --out {self.data_dir} --n N`.")
-        meta_path = self.data_dir / "meta.json"  # written when a generation run completes
-        self.data_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.teacher: torch.nn.Module | None = None
+        self.data_meta = self.data.meta
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return f"cuda ({torch.cuda.get_device_name(self.device)})"
+        return "cpu"
 
     # -- state ------------------------------------------------------------------------------------
     def save_state(self, optimizer=None, extra=None):
@@ -306,6 +388,8 @@ class Trainer:
             "vae_heldout_viou": self.vae_heldout_viou,
             "probe_heldout_viou": self.probe_heldout_viou,
             "probe": self.probe.state_dict() if self.probe is not None else None,
+            # Distillation's frozen teacher (the flow stage's model), so a resumed run keeps it.
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "optimizer": optimizer.state_dict() if optimizer else None, "rng": self.generator.get_state(),
         }
         state.update(extra or {})
@@ -338,14 +422,14 @@ class Trainer:
     # -- stages -----------------------------------------------------------------------------------
     def run(self, stages: list[str], minutes: dict[str, float] | None = None) -> Path:
         saved = self.load_state()
-        input_size = self.bundle.config.condition.vit.input_size
         t0 = time.time()
-        arrays = load_split(self.data_dir, "train", input_size, limit=self.limit)
-        print(f"train: {len(arrays)} training samples loaded in {time.time() - t0:.0f} s", file=sys.stderr)
+        arrays = self._load("train", limit=self.limit)
+        print(f"train: {len(arrays)} training samples loaded in {time.time() - t0:.0f} s "
+              f"(device {self.device})", file=sys.stderr)
         if len(arrays) < 8:
             raise InputError(f"Only {len(arrays)} training samples in {self.data_dir}; generate more with `sam3d data`.")
         self.pose_stats = self.pose_stats or pose_statistics(arrays)
-        self.fov_deg = float(load_sample(arrays.paths[0])["fov_deg"])
+        self.fov_deg = self.data.fov_deg()
         minutes = minutes or {}
         order = ["vae", "encoder", "flow", "distill", "done"]
         for stage in order[:-1]:
@@ -364,22 +448,27 @@ class Trainer:
             self.save_state()
         return self.write_model(arrays)
 
+    def _load(self, split: str, limit: int | None = None) -> GeometryArrays:
+        cond = self.bundle.config.condition
+        return self.data.load(split, cond.vit.input_size, cond.point.input_size, limit=limit)
+
     def _loop(self, name, total, params, lr, step_fn, resume, budget):
         return train_stage(self, name, total, params, lr, step_fn, resume, budget)
 
     def train_vae(self, arrays, resume, budget):
         s = self.schedule
         b = self.bundle
-        batches = Batches(arrays, None, None, self.seed + 1)
+        batches = self._batches(arrays, 1)
         pos = float(arrays.occupancy.mean())
+        # Up-weight the rarer occupied voxels so thin parts are not ignored.
+        pos_weight = torch.tensor(min(4.0, (1 - pos) / max(pos, 1e-3)), device=self.device)
 
         def step_fn(step):
             occ = batches.occupancy(batches.indices(s.vae_batch))
             mean, logvar = b.encoder(occ)
-            z = mean + torch.randn(mean.shape, generator=self.generator) * torch.exp(0.5 * logvar)
+            z = mean + randn(mean.shape, self.generator, self.device) * torch.exp(0.5 * logvar)
             logits = b.decoder(z)
-            # Up-weight the rarer occupied voxels so thin parts are not ignored.
-            bce = F.binary_cross_entropy_with_logits(logits, occ, pos_weight=torch.tensor(min(4.0, (1 - pos) / max(pos, 1e-3))))
+            bce = F.binary_cross_entropy_with_logits(logits, occ, pos_weight=pos_weight)
             kl = 0.5 * torch.mean(mean.pow(2) + logvar.exp() - 1.0 - logvar)
             return bce + s.kl_weight * kl, {"bce": bce.item(), "kl": kl.item()}
 
@@ -391,13 +480,13 @@ class Trainer:
     @torch.no_grad()
     def vae_heldout_iou(self, limit: int = 64) -> float:
         """Mean voxel IoU of encode -> decode (posterior mean) on the held-out split."""
-        paths = list_samples(self.data_dir, "test")[:limit]
-        if not paths:
+        occ = self._load("test", limit=limit).occupancy
+        if not len(occ):
             return float("nan")
-        occ = np.stack([load_sample(p)["occupancy"] for p in paths])
         b = self.bundle
         b.encoder.eval(), b.decoder.eval()
-        logits = b.decoder(b.encoder(torch.from_numpy(occ.astype(np.float32))[:, None])[0])[:, 0].numpy()
+        grids = torch.from_numpy(occ.astype(np.float32))[:, None].to(self.device)
+        logits = b.decoder(b.encoder(grids)[0])[:, 0].cpu().numpy()
         b.encoder.train(), b.decoder.train()
         pred = logits > 0
         inter = (pred & occ).sum(axis=(1, 2, 3))
@@ -405,31 +494,51 @@ class Trainer:
         return float(np.mean(inter / np.maximum(union, 1)))
 
     @torch.no_grad()
-    def encode_latents(self, arrays) -> np.ndarray:
+    def encode_latents(self, arrays, mirrored: bool = False) -> np.ndarray:
+        """Normalised shape latents of the occupancies (mirrored in canonical x if asked); the
+        normalisation is always the plain training split's."""
         self.bundle.encoder.eval()
         out = []
         for i in range(0, len(arrays), 64):
-            occ = torch.from_numpy(arrays.occupancy[i:i + 64].astype(np.float32))[:, None]
+            grids = arrays.occupancy[i:i + 64]
+            grids = grids[:, ::-1] if mirrored else grids
+            occ = torch.from_numpy(grids.astype(np.float32))[:, None].to(self.device)
             mean, _ = self.bundle.encoder(occ)
-            out.append(grid_to_tokens(mean).numpy())
+            out.append(grid_to_tokens(mean).cpu().numpy())
         self.bundle.encoder.train()
         lat = np.concatenate(out).astype(np.float32)
         if self.latent_mean is None:
+            assert not mirrored, "the plain latents set the normalisation"
             self.latent_mean = lat.mean(axis=(0, 1)).tolist()
             self.latent_std = np.maximum(lat.std(axis=(0, 1)), 1e-3).tolist()
         return ((lat - np.asarray(self.latent_mean, np.float32)) / np.asarray(self.latent_std, np.float32)).astype(np.float32)
 
-    def _pose_targets(self, arrays) -> dict[str, np.ndarray]:
-        enc = [encode_pose(r, t, s, self.pose_stats) for r, t, s in zip(arrays.rotation, arrays.translation, arrays.scale)]
+    def _pose_targets(self, arrays, mirrored: bool = False) -> dict[str, np.ndarray]:
+        enc = []
+        for r, t, s in zip(arrays.rotation, arrays.translation, arrays.scale):
+            if mirrored:
+                r, t = mirrored_pose(r, t)
+            enc.append(encode_pose(r, t, s, self.pose_stats))
         out = {m: np.stack([e[m] for e in enc]).astype(np.float32) for m in ("rotation6d", "translation", "scale")}
         out["translation_scale"] = np.zeros((len(arrays), 1), np.float32)  # unused by the pose convention
         return out
+
+    def _batches(self, arrays, seed_offset: int, latents=None) -> Batches:
+        """Mini-batches for a stage; with the schedule's hflip, the mirrored targets too."""
+        hflip = self.schedule.hflip
+        if latents is None:  # the VAE stage: occupancy only
+            return Batches(arrays, None, None, self.seed + seed_offset, self.device, hflip=hflip)
+        mirrored = None
+        if hflip:
+            mirrored = (self.encode_latents(arrays, mirrored=True), self._pose_targets(arrays, mirrored=True))
+        return Batches(arrays, latents, self._pose_targets(arrays), self.seed + seed_offset, self.device,
+                       hflip=hflip, mirrored=mirrored)
 
     def _cond(self, batches, idx, drop_cond: bool):
         inputs = batches.condition_inputs(idx, self.schedule.p_drop_points)
         cond = self.bundle.condition_encoder(**inputs)
         if drop_cond:
-            keep = (torch.rand(len(idx), generator=self.generator) >= self.schedule.p_uncond).float()
+            keep = (torch.rand(len(idx), generator=self.generator) >= self.schedule.p_uncond).float().to(cond.device)
             cond = cond * keep.view(-1, 1, 1)  # all-zero condition = the unconditional branch
         return cond
 
@@ -444,12 +553,13 @@ class Trainer:
             else:
                 self.probe = ConditionProbe(cfg.flow.cond_channels, cfg.flow.shape_tokens, cfg.flow.shape_channels,
                                             pose_dims)
+            self.probe.to(self.device)
         return self.probe
 
     def train_encoder(self, arrays, resume, budget):
         s = self.schedule
         latents = self.encode_latents(arrays)
-        batches = Batches(arrays, latents, self._pose_targets(arrays), self.seed + 4)
+        batches = self._batches(arrays, 4, latents)
         probe = self._build_probe()
         sizes = [POSE_DIMS[m] for m in PROBE_POSE]
 
@@ -474,18 +584,19 @@ class Trainer:
     def probe_heldout_iou(self, limit: int = 64) -> float:
         """Voxel IoU of the probe's direct latent prediction, decoded, on the held-out split (no
         point map): how much shape the pre-trained image features carry before the flow sees them."""
-        test = load_split(self.data_dir, "test", self.bundle.config.condition.vit.input_size, limit=limit)
+        test = self._load("test", limit=limit)
         if len(test) == 0:
             return float("nan")
         b = self.bundle
         b.condition_encoder.eval()
         self.probe.eval()  # dropout off (the layout read has some)
-        shape, _ = self.probe(b.condition_encoder(**condition_tensors(test.images)))
+        inputs = {k: v.to(self.device) for k, v in condition_tensors(test.images).items()}
+        shape, _ = self.probe(b.condition_encoder(**inputs))
         self.probe.train()
         b.condition_encoder.train()
-        lat = shape * torch.tensor(self.latent_std) + torch.tensor(self.latent_mean)
+        lat = shape * torch.tensor(self.latent_std, device=self.device) + torch.tensor(self.latent_mean, device=self.device)
         grid = tokens_to_grid(lat, b.config.vae.latent_resolution)
-        pred = (b.decoder(grid)[:, 0] > 0).numpy()
+        pred = (b.decoder(grid)[:, 0] > 0).cpu().numpy()
         occ = test.occupancy
         inter = (pred & occ).sum(axis=(1, 2, 3))
         union = (pred | occ).sum(axis=(1, 2, 3))
@@ -494,7 +605,7 @@ class Trainer:
     def train_flow(self, arrays, resume, budget):
         s = self.schedule
         latents = self.encode_latents(arrays)
-        batches = Batches(arrays, latents, self._pose_targets(arrays), self.seed + 2)
+        batches = self._batches(arrays, 2, latents)
 
         def step_fn(step):
             idx = batches.indices(s.flow_batch)
@@ -509,8 +620,10 @@ class Trainer:
     def train_distill(self, arrays, resume, budget):
         s = self.schedule
         latents = self.encode_latents(arrays)
-        batches = Batches(arrays, latents, self._pose_targets(arrays), self.seed + 3)
-        teacher = copy.deepcopy(self.bundle.generator).eval()
+        batches = self._batches(arrays, 3, latents)
+        teacher = self.teacher = copy.deepcopy(self.bundle.generator).eval()
+        if resume and resume.get("teacher") is not None:
+            teacher.load_state_dict(resume["teacher"])
         for p in teacher.parameters():
             p.requires_grad_(False)
         student = self.bundle.generator
@@ -526,10 +639,10 @@ class Trainer:
             li = int(torch.randint(len(levels), (1,), generator=self.generator))
             d_val = levels[li]
             n_slots = int(round(1.0 / (2 * d_val)))
-            slot = torch.randint(n_slots, (cond.shape[0],), generator=self.generator).float()
+            slot = torch.randint(n_slots, (cond.shape[0],), generator=self.generator).float().to(cond.device)
             t = slot * 2 * d_val
-            d = torch.full((cond.shape[0],), d_val)
-            x0 = {m: torch.randn(v.shape, generator=self.generator) for m, v in x1.items()}
+            d = torch.full((cond.shape[0],), d_val, device=cond.device)
+            x0 = {m: randn(v.shape, self.generator, cond.device) for m, v in x1.items()}
             xt = {m: (1 - t.view(-1, 1, 1)) * x0[m] + t.view(-1, 1, 1) * x1[m] for m in x1}
             target = shortcut_target(student, teacher, xt, t, d, cond, s.cfg_strength, smallest=li == 0)
             pred = student(xt, 1000.0 * t, cond, d=1000.0 * 2 * d)
@@ -541,22 +654,26 @@ class Trainer:
         self.bundle.condition_encoder.requires_grad_(False)
         self._loop("distill", s.distill_steps, list(student.parameters()), s.distill_lr, step_fn, resume, budget)
         self.bundle.condition_encoder.requires_grad_(True)
+        self.teacher = None
 
     # -- result -------------------------------------------------------------------------------------
     def write_model(self, arrays) -> Path:
         s = self.schedule
         if self.latent_mean is None:
             self.encode_latents(arrays)
+        for module in self.bundle.modules().values():
+            module.to("cpu")  # the checkpoint loads anywhere
         sampler = {"steps": s.shortcut_steps, "shortcut": True, "cfg_strength": 0.0, "cfg_interval": [0.0, 500.0],
                    "rescale_t": s.rescale_t, "time_scale": 1000.0, "reference_steps": s.reference_steps,
                    "reference_cfg_strength": s.cfg_strength}
         meta = {
-            "data": str(self.data_dir), "data_meta": {k: self.data_meta.get(k) for k in ("n_train", "n_test", "seed", "resolution", "fov_deg", "version") if k in self.data_meta},
+            "data": self.data.source(), "data_meta": {k: self.data_meta.get(k) for k in ("n_train", "n_test", "seed", "resolution", "fov_deg", "version") if k in self.data_meta},
             "train_samples": len(arrays), "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
             "median_depth": float(np.median(arrays.translation[:, 2])),
             "vae_heldout_viou": self.vae_heldout_viou,
             "probe_heldout_viou": self.probe_heldout_viou,
-            "schedule": asdict(s), "schedule_changes": self.schedule_changes, "seed": self.seed, "device": "cpu", "torch": torch.__version__,
+            "schedule": asdict(s), "schedule_changes": self.schedule_changes, "seed": self.seed,
+            "device": self.device_name(), "torch": torch.__version__,
         }
         path = save_checkpoint(self.out / "model.pt", self.bundle, latent_mean=self.latent_mean, latent_std=self.latent_std,
                                pose_stats=self.pose_stats, sampler=sampler,
@@ -579,6 +696,38 @@ def stage_values(text: str | None, option: str, stages: tuple[str, ...], cast=fl
     return dict(zip(stages, values))
 
 
+def schedule_overrides(schedule: Schedule, items: list[str]) -> Schedule:
+    """--set KEY=VALUE ... -> a schedule with those fields replaced (value parsed as the field's type)."""
+    fields = asdict(schedule)
+    changes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise InputError(f"--set takes KEY=VALUE with KEY one of: {', '.join(fields)}; got {item!r}.")
+        current = fields[key]
+        try:
+            if isinstance(current, (dict, list, tuple)):
+                value = json.loads(text)
+                value = tuple(value) if isinstance(current, tuple) else value
+            elif isinstance(current, bool):
+                value = {"true": True, "false": False}[text.strip().lower()]
+            else:
+                value = type(current)(text)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            raise InputError(f"--set {key}: cannot read {text!r} as {type(current).__name__}.") from None
+        changes[key] = value
+    return replace(schedule, **changes)
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu.")
+    return name
+
+
 def train_main(args) -> int:
     if args.config not in SCHEDULES:
         raise InputError(f"No training schedule for config '{args.config}'; choose one of: {', '.join(SCHEDULES)}.")
@@ -589,7 +738,19 @@ def train_main(args) -> int:
     if steps:
         schedule = replace(schedule, **{f"{k}_steps": v for k, v in steps.items()},
                            warmup=min(schedule.warmup, max(1, steps["flow"] // 10)))
-    trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit)
+    schedule = schedule_overrides(schedule, getattr(args, "set", None) or [])
+    stop_after = getattr(args, "stop_after", None)
+    if stop_after is not None and stop_after <= 0:
+        raise InputError(f"--stop-after takes a positive number of minutes, got {stop_after}.")
+    device = pick_device(getattr(args, "device", "cpu") or "cpu")
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the tiny model's matmuls: TF32 is ample
+        torch.backends.cudnn.allow_tf32 = True
+    trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit,
+                      device=device, stop_after_minutes=stop_after)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    trainer.run(stages, minutes=stage_values(args.minutes, "--minutes", stage_names))
+    try:
+        trainer.run(stages, minutes=stage_values(args.minutes, "--minutes", stage_names))
+    except Paused as exc:
+        print(f"train: stopped after {stop_after:g} min at {exc}; run the same command to resume", file=sys.stderr)
     return 0

@@ -1,0 +1,196 @@
+"""Training packs (`sam3d pack`) and the trainer's device / resume options, on a small fake data set
+in the engine's file format (no Blender needed)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sam3d_addon.data.occupancy import pack_occupancy
+from sam3d_addon.errors import InputError
+from sam3d_addon.train.data import POINT_KEYS, TrainingData, load_split, nearest_rows
+from sam3d_addon.train.pack import load_pack_split, make_pack
+
+RES = 64
+
+
+def _fake_sample(rng, index):
+    rgb = rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)
+    rgb = (rgb // 16 + 96 + np.arange(RES)[:, None, None]).astype(np.uint8)  # smooth, like a photo
+    mask = np.zeros((RES, RES), bool)
+    x0, y0 = rng.integers(4, 24, 2)
+    mask[y0:y0 + 20, x0:x0 + 28] = True
+    pointmap = np.full((RES, RES, 3), np.nan, np.float32)
+    pointmap[mask] = rng.normal(size=(int(mask.sum()), 3)).astype(np.float32) + [0, 0, 3]
+    occ = rng.random((32, 32, 32)) < 0.2
+    packed, shape = pack_occupancy(occ)
+    angle = rng.uniform(0, 2 * np.pi)
+    rot = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]], np.float32)
+    return dict(rgb=rgb, mask=mask, amodal_mask=mask, pointmap=pointmap, depth=pointmap[..., 2],
+                occupancy=packed, occupancy_shape=shape, rotation=rot,
+                translation=np.array([0.1, -0.2, 2.0 + index * 0.01], np.float32),
+                scale=np.full(3, 0.5 + 0.01 * index, np.float32), fov_deg=np.float32(50.0),
+                category=np.array("box"), seed=np.int64(index), occluded=np.bool_(False))
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fake_data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 3)):
+        (root / split).mkdir()
+        for i in range(n):
+            np.savez_compressed(root / split / f"{i:06d}.npz", **_fake_sample(rng, i))
+    (root / "meta.json").write_text(json.dumps({"format": "sam3d-blender/data", "n_train": 10, "n_test": 3, "seed": 7}))
+    return root
+
+
+def test_pack_round_trip_is_exact_but_for_the_jpeg_photos(fake_data, tmp_path):
+    info = make_pack(fake_data, tmp_path / "pack", input_size=84, point_size=16, quality=95, chunk_size=4)
+    assert [c["n"] for c in info["chunks"]] == [4, 4, 2, 3] and info["data_meta"]["seed"] == 7
+    for split in ("train", "test"):
+        raw = load_split(fake_data, split, 84, point_size=16)
+        packed = load_pack_split(tmp_path / "pack", split, 84, 16)
+        assert len(packed) == len(raw)
+        for k in ("mask", "rgb_image_mask"):
+            np.testing.assert_array_equal(packed.images[k], raw.images[k])
+        for k in POINT_KEYS:
+            np.testing.assert_array_equal(packed.points[k], raw.points[k])
+        np.testing.assert_array_equal(packed.occupancy, raw.occupancy)
+        for k in ("rotation", "translation", "scale"):
+            np.testing.assert_array_equal(getattr(packed, k), getattr(raw, k))
+        for k in ("image", "rgb_image"):
+            err = np.abs(packed.images[k].astype(int) - raw.images[k].astype(int))
+            assert err.mean() < 3.0, (k, err.mean())
+    # A missing train chunk (moved in parts) is skipped; limit counts samples.
+    (tmp_path / "pack" / "train-001.npz").unlink()
+    assert len(load_pack_split(tmp_path / "pack", "train", 84, 16)) == 6
+    assert len(load_pack_split(tmp_path / "pack", "train", 84, 16, limit=3)) == 3
+    with pytest.raises(InputError, match="packed for input 84"):
+        load_pack_split(tmp_path / "pack", "train", 112, 16)
+    assert TrainingData(tmp_path / "pack").fov_deg() == 50.0
+
+
+def test_points_at_the_embedders_pixels_give_the_same_condition_tokens(fake_data):
+    """Point maps stored at 16 px (the pixels the point embedder's nearest resize reads) give the
+    condition encoder exactly the input the full 84 px map gives."""
+    torch = pytest.importorskip("torch")
+    from sam3d_addon.nn.bundle import build_models
+    from sam3d_addon.nn.condition import nearest_indices
+
+    assert nearest_rows(84, 16).tolist() == nearest_indices(84, 16).tolist()
+    full = load_split(fake_data, "train", 84, limit=2)
+    small = load_split(fake_data, "train", 84, limit=2, point_size=16)
+    torch.manual_seed(0)
+    encoder = build_models("tiny").condition_encoder.eval()
+
+    def tokens(arrays):
+        inputs = {k: torch.from_numpy(v.astype(np.float32) / 255.0) for k, v in arrays.images.items()}
+        inputs.update({k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.points.items()})
+        with torch.no_grad():
+            return encoder(**inputs)
+
+    assert small.points["pointmap"].shape[-1] == 16 and np.isfinite(small.points["pointmap"]).any()
+    assert torch.equal(tokens(full), tokens(small))
+
+
+def test_train_from_a_pack_pauses_resumes_and_records_overrides(fake_data, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from sam3d_addon.cli import main
+    from sam3d_addon.nn.checkpoint import load_checkpoint
+
+    assert main(["pack", "--data", str(fake_data), "--out", str(tmp_path / "pack")]) == 0
+    args = ["train", "--data", str(tmp_path / "pack"), "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--steps", "3,2,3,2", "--set", "vae_batch=2", "--set", "encoder_batch=2", "--set", "flow_batch=2",
+            "--set", "distill_batch=2", "--set", "p_drop_points=0.5"]
+    # A tiny --stop-after stops at the first step: checkpointed, not finished.
+    assert main(args + ["--stop-after", "0.0001"]) == 0
+    assert "run the same command to resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "state.pt").is_file() and not (tmp_path / "run" / "model.pt").exists()
+    assert main(args) == 0
+    assert "resuming at stage vae step 1" in capsys.readouterr().err
+    _, checkpoint = load_checkpoint(tmp_path / "run" / "model.pt")
+    meta = checkpoint["meta"]
+    assert meta["schedule"]["flow_batch"] == 2 and meta["schedule"]["p_drop_points"] == 0.5
+    assert meta["device"] == "cpu" and meta["data"] == str(fake_data) and meta["train_samples"] == 10
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "paused" for r in log)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--set", "flow_batch"], "KEY=VALUE"),
+    (["--set", "no_such=1"], "KEY=VALUE"),
+    (["--set", "flow_batch=many"], "cannot read"),
+    (["--stop-after", "0"], "positive"),
+])
+def test_train_rejects_bad_options_before_touching_the_output(fake_data, tmp_path, bad, message):
+    pytest.importorskip("torch")
+    from sam3d_addon.cli import main
+
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=message):
+        from sam3d_addon.cli import build_parser
+        from sam3d_addon.train.loop import train_main
+
+        train_main(build_parser().parse_args(["train", "--data", str(fake_data), "--out", str(out)] + bad))
+    assert not out.exists()
+    assert main is not None
+
+
+def test_mirrored_sample_is_the_mirror_image_of_the_sample():
+    """hflip's targets: the occupied cells, reversed along canonical x and placed at the mirrored
+    pose, project to the left-right mirror of where the plain cells at the plain pose project."""
+    from sam3d_addon.data import camera
+    from sam3d_addon.pose import rotation_6d_to_matrix
+    from sam3d_addon.train.loop import mirrored_pose
+
+    rng = np.random.default_rng(4)
+    occ = rng.random((32, 32, 32)) < 0.05
+    centres = (np.argwhere(occ) + 0.5) / 32 - 0.5
+    mirrored_centres = (np.argwhere(occ[::-1]) + 0.5) / 32 - 0.5
+    R = rotation_6d_to_matrix(rng.normal(size=6))
+    t, s = np.array([0.3, -0.1, 3.0]), np.full(3, 0.8)
+    Rm, tm = mirrored_pose(R, t)
+    np.testing.assert_allclose(Rm @ Rm.T, np.eye(3), atol=1e-9)
+    assert np.linalg.det(Rm) == pytest.approx(1.0)
+    res = 128
+    uv = camera.project(camera.canonical_to_p3d_camera(centres, R, t, s), 50.0, res)
+    uv_m = camera.project(camera.canonical_to_p3d_camera(mirrored_centres, Rm, tm, s), 50.0, res)
+    # The same set of points, with the column mirrored about the image centre.
+    plain = sorted(map(tuple, np.round(np.c_[res - uv[:, 0], uv[:, 1]], 6)))
+    mirror = sorted(map(tuple, np.round(uv_m, 6)))
+    np.testing.assert_allclose(np.array(plain), np.array(mirror), atol=1e-6)
+
+
+def test_batches_mirror_images_points_grids_and_targets_together():
+    torch = pytest.importorskip("torch")
+    from sam3d_addon.train.data import GeometryArrays
+    from sam3d_addon.train.loop import Batches, Pick
+
+    rng = np.random.default_rng(0)
+    n = 3
+    arrays = GeometryArrays(
+        images={k: rng.integers(0, 256, (n, c, 8, 8), dtype=np.uint8)
+                for k, c in (("image", 3), ("mask", 1), ("rgb_image", 3), ("rgb_image_mask", 1))},
+        points={k: rng.normal(size=(n, 3, 4, 4)).astype(np.float16) for k in POINT_KEYS},
+        occupancy=rng.random((n, 32, 32, 32)) < 0.3, rotation=np.stack([np.eye(3)] * n),
+        translation=np.zeros((n, 3)), scale=np.ones((n, 3)), paths=["a", "b", "c"])
+    latents, mirrored_latents = np.zeros((n, 4, 2), np.float32), np.ones((n, 4, 2), np.float32)
+    pose = {m: np.full((n, d), 2.0, np.float32) for m, d in (("rotation6d", 6), ("translation", 3), ("scale", 3),
+                                                             ("translation_scale", 1))}
+    mirrored = {m: -v for m, v in pose.items()}
+    b = Batches(arrays, latents, pose, seed=0, hflip=0.5, mirrored=(mirrored_latents, mirrored))
+    pick = Pick(torch.tensor([0, 1, 2]), torch.tensor([True, False, True]))
+    inputs = b.condition_inputs(pick, p_drop_points=0.0)
+    img = arrays.images["image"].astype(np.float32) / 255.0
+    np.testing.assert_allclose(inputs["image"][0].numpy(), img[0][..., ::-1])
+    np.testing.assert_allclose(inputs["image"][1].numpy(), img[1])
+    pts = arrays.points["pointmap"].astype(np.float32)
+    np.testing.assert_allclose(inputs["pointmap"][2].numpy(), pts[2][..., ::-1] * np.array([-1, 1, 1])[:, None, None])
+    occ = b.occupancy(pick)[:, 0].numpy().astype(bool)
+    np.testing.assert_array_equal(occ[0], arrays.occupancy[0][::-1])
+    np.testing.assert_array_equal(occ[1], arrays.occupancy[1])
+    x1 = b.targets(pick)
+    assert x1["shape"][:, 0, 0].tolist() == [1.0, 0.0, 1.0]
+    assert x1["translation"][:, 0, 0].tolist() == [-2.0, 2.0, -2.0]
+    assert Batches(arrays, latents, pose, seed=0).indices(2).flip is None  # hflip off: no mirroring

@@ -339,7 +339,8 @@ def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_eve
                             **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
         if step % save_every == 0:
             owner.save_state(opt)
-        if owner.deadline is not None and time.time() >= owner.deadline and step < total:
+        deadline = getattr(owner, "deadline", None)  # only the geometry trainer has --stop-after
+        if deadline is not None and time.time() >= deadline and step < total:
             owner.save_state(opt)
             _log(owner.out, {"stage": name, "event": "paused", "step": step})
             raise Paused(f"{name} step {step}/{total}")

@@ -113,6 +113,7 @@ def test_train_from_a_pack_pauses_resumes_and_records_overrides(fake_data, tmp_p
     meta = checkpoint["meta"]
     assert meta["schedule"]["flow_batch"] == 2 and meta["schedule"]["p_drop_points"] == 0.5
     assert meta["device"] == "cpu" and meta["data"] == str(fake_data) and meta["train_samples"] == 10
+    assert meta["steps_run"] == {"vae": 3, "encoder": 2, "flow": 3, "distill": 2}
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "paused" for r in log)
 

@@ -322,6 +322,7 @@ def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_eve
         elapsed = time.time() - t0
         owner.state.update(step=step, total=total)
         owner.state["seconds"][name] = spent0 + elapsed
+        owner.state.setdefault("steps_run", {})[name] = step  # a budget fits the count: the card says what ran
         if budget is not None and step - start >= 20 and (step - start) % 20 == 0:
             # Fit the step count to the time left, from the speed so far (the machine may be
             # shared), never beyond the schedule's own count.
@@ -445,6 +446,7 @@ class Trainer:
                None if budget is None else budget * 60.0)
             saved = None
             self.state = {"stage": order[order.index(stage) + 1], "step": 0, "seconds": self.state["seconds"],
+                          "steps_run": self.state.get("steps_run", {}),
                           "encoder_pretrained": self.state.get("encoder_pretrained", False)}
             self.save_state()
         return self.write_model(arrays)
@@ -670,6 +672,7 @@ class Trainer:
         meta = {
             "data": self.data.source(), "data_meta": {k: self.data_meta.get(k) for k in ("n_train", "n_test", "seed", "resolution", "fov_deg", "version") if k in self.data_meta},
             "train_samples": len(arrays), "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
+            "steps_run": dict(self.state.get("steps_run", {})),
             "median_depth": float(np.median(arrays.translation[:, 2])),
             "vae_heldout_viou": self.vae_heldout_viou,
             "probe_heldout_viou": self.probe_heldout_viou,

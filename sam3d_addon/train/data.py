@@ -59,6 +59,13 @@ class GeometryArrays:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @classmethod
+    def empty(cls, input_size: int, point_size: int, resolution: int = 32) -> "GeometryArrays":
+        return cls(images={k: np.zeros((0, 1, input_size, input_size), np.uint8) for k in IMAGE_KEYS},
+                   points={k: np.zeros((0, 3, point_size, point_size), np.float16) for k in POINT_KEYS},
+                   occupancy=np.zeros((0,) + (resolution,) * 3, bool), rotation=np.zeros((0, 3, 3)),
+                   translation=np.zeros((0, 3)), scale=np.zeros((0, 3)), paths=[])
+
 
 def load_split(data_dir: str | Path, split: str, input_size: int, limit: int | None = None,
                progress=None, point_size: int | None = None) -> GeometryArrays:
@@ -87,10 +94,7 @@ def load_samples(paths: list[Path], input_size: int, progress=None, point_size: 
         if progress:
             progress(i + 1, len(paths))
     if not paths:
-        empty = np.zeros((0, 1, input_size, input_size), np.uint8)
-        return GeometryArrays(images={k: empty for k in IMAGE_KEYS}, points={k: empty for k in POINT_KEYS},
-                              occupancy=np.zeros((0, 32, 32, 32), bool), rotation=np.zeros((0, 3, 3)),
-                              translation=np.zeros((0, 3)), scale=np.zeros((0, 3)), paths=[])
+        return GeometryArrays.empty(input_size, point_size or input_size)
     return GeometryArrays(
         images={k: np.stack(v) for k, v in images.items()},
         points={k: np.stack(v) for k, v in points.items()},

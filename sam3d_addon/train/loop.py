@@ -189,12 +189,11 @@ class Batches:
         return out
 
     def targets(self, pick: Pick) -> dict[str, torch.Tensor]:
-        i = pick.index
-        x1 = {"shape": self._where(pick.flip, self.mirrored_latents[i], self.latents[i])
-              if pick.flip is not None else self.latents[i]}
+        i, flip = pick.index, pick.flip
+        x1 = {"shape": self.latents[i] if flip is None else self._where(flip, self.mirrored_latents[i], self.latents[i])}
         for m in POSE_DIMS:
             plain = self.pose[m][i]
-            x1[m] = (self._where(pick.flip, self.mirrored_pose[m][i], plain) if pick.flip is not None else plain)[:, None, :]
+            x1[m] = (plain if flip is None else self._where(flip, self.mirrored_pose[m][i], plain))[:, None, :]
         return x1
 
 

@@ -146,10 +146,7 @@ def load_pack_split(pack_dir, split: str, input_size: int, point_size: int, limi
             raise InputError(f"Cannot read {path}: {exc}.") from None
         count += chunk["n"]
     if not parts:
-        return GeometryArrays(images={k: np.zeros((0, 1, input_size, input_size), np.uint8) for k in IMAGE_KEYS},
-                              points={k: np.zeros((0, 3, point_size, point_size), np.float16) for k in POINT_KEYS},
-                              occupancy=np.zeros((0, 32, 32, 32), bool), rotation=np.zeros((0, 3, 3)),
-                              translation=np.zeros((0, 3)), scale=np.zeros((0, 3)), paths=[])
+        return GeometryArrays.empty(input_size, point_size)
     images = {}
     for k in JPEG_KEYS:
         images[k] = np.concatenate([_decode_jpeg(p[f"{k}_jpeg"], p[f"{k}_offsets"]) for p in parts])

@@ -47,8 +47,8 @@ def world_to_p3d_camera(points_world: np.ndarray, camera_matrix_world: np.ndarra
 
 
 def canonical_to_p3d_camera(points: np.ndarray, R: np.ndarray, t: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """p_cam = R^T (s * p_obj) + t for rows of `points` (official row form: (s p) @ R + t)."""
-    return (np.asarray(points, float) * np.asarray(s, float).reshape(1, 3)) @ np.asarray(R, float) + np.asarray(t, float).reshape(1, 3)
+    """p_cam = R^T (s * p_obj) + t for rows of `points` (pose.canonical_to_camera)."""
+    return pose_lib.canonical_to_camera(points, R, t, s)
 
 
 def project(points_cam: np.ndarray, fov_deg: float, resolution: int) -> np.ndarray:

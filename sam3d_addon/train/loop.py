@@ -291,10 +291,12 @@ class Paused(Exception):
     """`--stop-after` reached: the state is saved and the same command resumes."""
 
 
-def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_every: int = 100, save_every: int = 500):
+def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_every: int = 100, save_every: int = 500,
+                deadline: float | None = None):
     """Run one stage of a trainer (`owner`: .state, .schedule.warmup, .out, .save_state(opt)).
     With a time budget (seconds) the step count is fitted to it after the first steps, so the
-    cosine schedule still completes; the count used is logged."""
+    cosine schedule still completes; the count used is logged.  At `deadline` (a time.time()) the
+    stage checkpoints and raises Paused."""
     if not isinstance(params[0], dict):
         params = [{"params": params, "lr_scale": 1.0}]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -339,7 +341,6 @@ def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_eve
                             **{k: round(float(v), 5) for k, v in parts.items()}, "lr": opt.param_groups[0]["lr"]})
         if step % save_every == 0:
             owner.save_state(opt)
-        deadline = getattr(owner, "deadline", None)  # only the geometry trainer has --stop-after
         if deadline is not None and time.time() >= deadline and step < total:
             owner.save_state(opt)
             _log(owner.out, {"stage": name, "event": "paused", "step": step})
@@ -374,6 +375,7 @@ class Trainer:
         self.probe_heldout_viou = None
         self.probe: ConditionProbe | None = None
         self.teacher: torch.nn.Module | None = None
+        self.latent_cache: dict[bool, tuple] = {}  # mirrored -> (arrays, latents)
         self.data_meta = self.data.meta
 
     def device_name(self) -> str:
@@ -455,7 +457,7 @@ class Trainer:
         return self.data.load(split, cond.vit.input_size, cond.point.input_size, limit=limit)
 
     def _loop(self, name, total, params, lr, step_fn, resume, budget):
-        return train_stage(self, name, total, params, lr, step_fn, resume, budget)
+        return train_stage(self, name, total, params, lr, step_fn, resume, budget, deadline=self.deadline)
 
     def train_vae(self, arrays, resume, budget):
         s = self.schedule
@@ -495,10 +497,17 @@ class Trainer:
         union = (pred | occ).sum(axis=(1, 2, 3))
         return float(np.mean(inter / np.maximum(union, 1)))
 
-    @torch.no_grad()
     def encode_latents(self, arrays, mirrored: bool = False) -> np.ndarray:
         """Normalised shape latents of the occupancies (mirrored in canonical x if asked); the
-        normalisation is always the plain training split's."""
+        normalisation is always the plain training split's.  Encoded once per run and reused by
+        the later stages: the VAE does not change after its own stage."""
+        cached = self.latent_cache.get(mirrored)
+        if cached is None or cached[0] is not arrays:
+            cached = self.latent_cache[mirrored] = (arrays, self._encode_latents(arrays, mirrored))
+        return cached[1]
+
+    @torch.no_grad()
+    def _encode_latents(self, arrays, mirrored: bool) -> np.ndarray:
         self.bundle.encoder.eval()
         out = []
         for i in range(0, len(arrays), 64):
@@ -741,11 +750,11 @@ def train_main(args) -> int:
     if steps:
         schedule = replace(schedule, **{f"{k}_steps": v for k, v in steps.items()},
                            warmup=min(schedule.warmup, max(1, steps["flow"] // 10)))
-    schedule = schedule_overrides(schedule, getattr(args, "set", None) or [])
-    stop_after = getattr(args, "stop_after", None)
+    schedule = schedule_overrides(schedule, args.set)
+    stop_after = args.stop_after
     if stop_after is not None and stop_after <= 0:
         raise InputError(f"--stop-after takes a positive number of minutes, got {stop_after}.")
-    device = pick_device(getattr(args, "device", "cpu") or "cpu")
+    device = pick_device(args.device)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the tiny model's matmuls: TF32 is ample
         torch.backends.cudnn.allow_tf32 = True

@@ -99,10 +99,9 @@ def make_pack(data_dir, out_dir, input_size: int, point_size: int, quality: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     chunks = []
     for split in ("train", "test"):
-        n = len(list_samples(data_dir, split))
-        for k, start in enumerate(range(0, n, chunk_size)):
-            stop = min(n, start + chunk_size)
-            arrays = _load_range(data_dir, split, input_size, point_size, start, stop, progress)
+        paths = train if split == "train" else list_samples(data_dir, split)
+        for k, start in enumerate(range(0, len(paths), chunk_size)):
+            arrays = load_samples(paths[start:start + chunk_size], input_size, progress, point_size)
             name = f"{split}-{k:03d}.npz"
             partial = out_dir / (name + ".partial.npz")
             np.savez_compressed(partial, **_chunk_arrays(arrays, quality))
@@ -114,12 +113,6 @@ def make_pack(data_dir, out_dir, input_size: int, point_size: int, quality: int 
             "fov_deg": float(load_sample(train[0])["fov_deg"]), "chunks": chunks}
     (out_dir / "pack.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
-
-
-def _load_range(data_dir, split, input_size, point_size, start, stop, progress) -> GeometryArrays:
-    from ..data.dataset import list_samples
-
-    return load_samples(list_samples(data_dir, split)[start:stop], input_size, progress, point_size)
 
 
 def load_pack_split(pack_dir, split: str, input_size: int, point_size: int, limit: int | None = None) -> GeometryArrays:

@@ -277,6 +277,8 @@ def _add_export_texture(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default=None)
     p.add_argument("--metrics", default=None, help="a `sam3d bench texture --json` output to record in the card")
+    p.add_argument("--weights", choices=("float16", "float32"), default="float16",
+                   help="how the files store the large weights (compute is float32 either way; float16 halves the files)")
     p.set_defaults(func=cmd_export_texture)
 
 
@@ -286,9 +288,9 @@ def cmd_export_texture(args) -> int:
     fields = {"version": args.version} if args.version else {}
     fields.update(_metrics_field(args.metrics))
     if args.random:
-        export_texture_random(args.out, seed=args.seed, **fields)
+        export_texture_random(args.out, seed=args.seed, weights=args.weights, **fields)
     elif args.checkpoint:
-        export_texture_checkpoint(args.checkpoint, args.out, **fields)
+        export_texture_checkpoint(args.checkpoint, args.out, weights=args.weights, **fields)
     else:
         raise Sam3DError("export-texture needs --checkpoint PATH or --random.")
     print(f"sam3d: exported to {args.out}")
@@ -314,6 +316,8 @@ def _add_export(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default=None, help="model version written into the card")
     p.add_argument("--metrics", default=None, help="a `sam3d bench ... --json` output to record in the card")
+    p.add_argument("--weights", choices=("float16", "float32"), default="float16",
+                   help="how the files store the large weights (compute is float32 either way; float16 halves the files)")
     p.set_defaults(func=cmd_export)
 
 
@@ -325,9 +329,9 @@ def cmd_export(args) -> int:
         fields["version"] = args.version
     fields.update(_metrics_field(args.metrics))
     if args.random:
-        export_random(args.config, args.out, seed=args.seed, **fields)
+        export_random(args.config, args.out, seed=args.seed, weights=args.weights, **fields)
     elif args.checkpoint:
-        export_checkpoint(args.checkpoint, args.out, **fields)
+        export_checkpoint(args.checkpoint, args.out, weights=args.weights, **fields)
     else:
         raise Sam3DError("export needs --checkpoint PATH or --random.")
     print(f"sam3d: exported to {args.out}")

@@ -15,6 +15,7 @@ from sam3d_addon.contract import CONDITION_INPUTS, MODALITIES, STAGES, load_card
 from sam3d_addon.nn.bundle import build_models  # noqa: E402
 from sam3d_addon.nn.checkpoint import save_checkpoint  # noqa: E402
 from sam3d_addon.nn.export import example_inputs, export_checkpoint, stage_graphs  # noqa: E402
+from sam3d_addon.nn.fp16_weights import round_module_fp16_  # noqa: E402
 from sam3d_addon.nn.speed import bench_speed  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -44,7 +45,9 @@ def _session(path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, one_thread):
-    """A random tiny model saved as a training checkpoint, exported; returns (bundle, card, checkpoint)."""
+    """A random tiny model saved as a training checkpoint, exported (large weights stored as
+    float16); returns (bundle, card, checkpoint) with the bundle's weights rounded as the files
+    hold them."""
     torch.manual_seed(0)
     bundle = build_models("tiny").eval_mode()
     root = tmp_path_factory.mktemp("nn_export")
@@ -55,7 +58,17 @@ def exported(tmp_path_factory, one_thread):
         meta={"steps": 0, "note": "test"},
     )
     card = export_checkpoint(checkpoint, root / "model", version="1.2.3", metrics={"iou": 0.5})
+    for module in bundle.modules().values():
+        round_module_fp16_(module)
     return bundle, card, checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported_float32(tmp_path_factory, exported):
+    """The same checkpoint exported with float32 weights."""
+    _, _, checkpoint = exported
+    root = tmp_path_factory.mktemp("nn_export_fp32")
+    return export_checkpoint(checkpoint, root / "model", weights="float32")
 
 
 def _run_both(bundle, card, stage, inputs):
@@ -77,6 +90,30 @@ def test_onnx_runtime_matches_torch(exported, stage):
         for name_spec, e, g in zip(card.io(stage)["outputs"], expected, got):
             error = float(np.abs(e - g).max())
             assert error <= TOLERANCE, f"{stage} {name_spec['name']} batch {batch}: max abs error {error}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_float32_weights_reproduce_the_unrounded_checkpoint(exported, exported_float32, stage):
+    """--weights float32 exports the checkpoint's weights as they are."""
+    from sam3d_addon.nn.checkpoint import load_checkpoint
+
+    _, _, checkpoint = exported
+    bundle, _ = load_checkpoint(checkpoint)
+    bundle.eval_mode()
+    card = exported_float32
+    inputs = example_inputs(card.io(stage), 2, torch.Generator().manual_seed(21))
+    expected, got = _run_both(bundle, card, stage, inputs)
+    for e, g in zip(expected, got):
+        assert float(np.abs(e - g).max()) <= TOLERANCE
+
+
+def test_float16_storage_halves_the_files(exported, exported_float32):
+    _, card16, _ = exported
+    assert card16.data["weights"]["storage"] == "float16"
+    assert exported_float32.data["weights"] == {"storage": "float32"}
+    for stage in STAGES:
+        half, full = card16.file(stage).stat().st_size, exported_float32.file(stage).stat().st_size
+        assert half < 0.6 * full, f"{stage}: {half} vs {full} bytes"
 
 
 def test_missing_pointmap_gives_finite_condition(exported):

@@ -40,6 +40,7 @@ def test_albedo_head_is_the_crop_mean_untrained_and_onnx_matches_torch(tmp_path)
     paints with the graph's albedo (a head that darkens gives darker colours)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
+    from sam3d_addon.nn.fp16_weights import round_module_fp16_
     from sam3d_addon.nn.texture_export import export_texture_model
     from sam3d_addon.runtime import SessionCache
     from sam3d_addon.contract import load_texture_card
@@ -65,6 +66,8 @@ def test_albedo_head_is_the_crop_mean_untrained_and_onnx_matches_torch(tmp_path)
         enc.albedo_head.bias.fill_(-1.5)  # darker than the photo
         enc.albedo_mu.normal_(0.0, 0.5)
         enc.albedo_sd.uniform_(0.5, 2.0)
+    round_module_fp16_(model)  # the weights as the export stores them (float16)
+    with torch.no_grad():
         torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
         cond = enc(**torch_inputs).numpy()
         albedo = enc.albedo(torch_inputs["image"], torch_inputs["mask"]).numpy()

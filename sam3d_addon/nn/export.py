@@ -25,6 +25,8 @@ from .bundle import ModelBundle, build_models
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .flow import ShapePoseFlow
+from .fp16_weights import MIN_ELEMENTS as FP16_MIN_ELEMENTS
+from .fp16_weights import round_module_fp16_, store_initializers_fp16
 from .vae import StructureDecoder, tokens_to_grid
 from .vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -32,7 +34,9 @@ BATCH_AXIS = "B"
 EXPORT_BATCH = 2  # traced with B=2 so no size-1 broadcast gets baked into the graphs
 FILES = {stage: f"{stage}.onnx" for stage in STAGES}
 # Written by the exporter itself; card_fields may not override them.
-RESERVED_CARD_KEYS = ("contract", "contract_version", "files", "io", "sha256")
+RESERVED_CARD_KEYS = ("contract", "contract_version", "files", "io", "sha256", "weights")
+# How the exporter stores the graphs' large weights (fp16_weights.py); compute is float32 either way.
+WEIGHT_STORAGE = ("float16", "float32")
 # Sampler defaults: the official stage-1 values in effect (fact sheet section 8).
 DEFAULT_SAMPLER = {
     "steps": 25,
@@ -132,11 +136,17 @@ def stage_graphs(bundle: ModelBundle) -> dict[str, nn.Module]:
     }
 
 
-def _export_graph(graph: nn.Module, spec: dict[str, Any], path: Path, opset: int) -> None:
+def _export_graph(graph: nn.Module, spec: dict[str, Any], path: Path, opset: int,
+                  weights: str = "float16") -> None:
+    """Trace `graph` into `path`.  weights="float16" stores its large weights as float16
+    (fp16_weights.py), rounding the module's own weights to match first (in place)."""
     import onnx
 
     input_names = [entry["name"] for entry in spec["inputs"]]
     output_names = [entry["name"] for entry in spec["outputs"]]
+    check_weights(weights)
+    if weights == "float16":
+        round_module_fp16_(graph)
     inputs = example_inputs(spec, EXPORT_BATCH)
     with torch.no_grad(), warnings.catch_warnings():
         # The traced shape checks (resize only when needed, 1-channel masks) are meant to be static,
@@ -154,6 +164,20 @@ def _export_graph(graph: nn.Module, spec: dict[str, Any], path: Path, opset: int
     written = [value.name for value in model.graph.input]
     if written != input_names:
         raise RuntimeError(f"{path.name}: exported inputs {written} differ from the contract's {input_names}")
+    if weights == "float16":
+        store_initializers_fp16(path)
+
+
+def check_weights(weights: str) -> None:
+    if weights not in WEIGHT_STORAGE:
+        raise ValueError(f"weights must be one of {WEIGHT_STORAGE}, not {weights!r}")
+
+
+def weight_card(weights: str) -> dict[str, Any]:
+    """The card's record of how the weights are stored."""
+    if weights == "float32":
+        return {"storage": "float32"}
+    return {"storage": "float16", "min_elements": FP16_MIN_ELEMENTS, "compute": "float32"}
 
 
 def _sha256(path: Path) -> str:
@@ -218,20 +242,25 @@ def build_card(config: ModelConfig, card_fields: dict[str, Any]) -> dict[str, An
 
 
 def export_onnx(model_bundle: ModelBundle, out_dir: str | Path, card_fields: dict[str, Any],
-                opset: int = 17) -> ModelCard:
-    """Write the three graphs and model.json into out_dir; returns the card as load_card reads it."""
+                opset: int = 17, weights: str = "float16") -> ModelCard:
+    """Write the three graphs and model.json into out_dir; returns the card as load_card reads it.
+    With weights="float16" the bundle's large weights are rounded to float16 precision in place
+    (what the files hold)."""
+    check_weights(weights)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = build_card(model_bundle.config, card_fields)
     model_bundle.eval_mode()
     for stage, graph in stage_graphs(model_bundle).items():
-        _export_graph(graph, card["io"][stage], out_dir / FILES[stage], opset)
+        _export_graph(graph, card["io"][stage], out_dir / FILES[stage], opset, weights)
+    card["weights"] = weight_card(weights)
     card["sha256"] = {stage: _sha256(out_dir / FILES[stage]) for stage in STAGES}
     (out_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     return load_card(out_dir)
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, **card_fields: Any) -> ModelCard:
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, weights: str = "float16",
+                      **card_fields: Any) -> ModelCard:
     """Export a training checkpoint (see checkpoint.py); card_fields add to / override its facts."""
     bundle, checkpoint = load_checkpoint(checkpoint_path)
     fields: dict[str, Any] = {
@@ -246,10 +275,11 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, **card_f
             fields[key] = {**fields[key], **value}
         else:
             fields[key] = value
-    return export_onnx(bundle, out_dir, fields)
+    return export_onnx(bundle, out_dir, fields, weights=weights)
 
 
-def export_random(config_name: str, out_dir: str | Path, seed: int = 0, **card_fields: Any) -> ModelCard:
+def export_random(config_name: str, out_dir: str | Path, seed: int = 0, weights: str = "float16",
+                  **card_fields: Any) -> ModelCard:
     """A freshly initialised (untrained) model of the same contract, for development and tests."""
     torch.manual_seed(seed)
     bundle = build_models(config_name)
@@ -260,4 +290,4 @@ def export_random(config_name: str, out_dir: str | Path, seed: int = 0, **card_f
         "training": {"untrained": True, "seed": seed},
     }
     fields.update(card_fields)
-    return export_onnx(bundle, out_dir, fields)
+    return export_onnx(bundle, out_dir, fields, weights=weights)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fp16_weights import round_module_fp16_, store_initializers_fp16
 from .slat import SLatFlowModel, level_names, levels_for
 
 # Voxels of the example the graphs are traced with: a few hundred, so no size-1 broadcast is baked in.
@@ -82,9 +83,17 @@ def slat_flow_example(model: SLatFlowModel, coords: np.ndarray, cond_tokens: int
 
 
 def export_graph(graph: nn.Module, inputs: dict[str, torch.Tensor], io: dict, path: str | Path,
-                 opset: int = 17) -> Path:
-    """Trace `graph` with `inputs` (ordered like io["inputs"]) and write it with io's dynamic axes."""
+                 opset: int = 17, weights: str = "float16") -> Path:
+    """Trace `graph` with `inputs` (ordered like io["inputs"]) and write it with io's dynamic axes.
+    weights="float16" stores the large weights as float16 (fp16_weights.py), rounding the
+    module's own weights to match first (in place)."""
     import onnx
+
+    from .export import check_weights
+
+    check_weights(weights)
+    if weights == "float16":
+        round_module_fp16_(graph)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,15 +116,17 @@ def export_graph(graph: nn.Module, inputs: dict[str, torch.Tensor], io: dict, pa
     written = [value.name for value in onnx.load(str(path), load_external_data=False).graph.input]
     if written != input_names:
         raise RuntimeError(f"{path.name}: exported inputs {written} differ from {input_names}")
+    if weights == "float16":
+        store_initializers_fp16(path)
     return path
 
 
-def export_slat_flow(model: SLatFlowModel, path: str | Path, opset: int = 17) -> dict:
+def export_slat_flow(model: SLatFlowModel, path: str | Path, opset: int = 17, weights: str = "float16") -> dict:
     """Write the flow network as ONNX; returns its io spec (for a model card)."""
     model.eval()
     io = slat_flow_io(model)
     inputs = slat_flow_example(model, example_voxels(model.config.resolution))
-    export_graph(SLatFlowGraph(model), inputs, io, path, opset)
+    export_graph(SLatFlowGraph(model), inputs, io, path, opset, weights)
     return io
 
 
@@ -198,17 +209,17 @@ def mesh_decoder_example(decoder, coords: np.ndarray, seed: int = 0) -> dict[str
     return inputs
 
 
-def export_gaussian_decoder(decoder, path: str | Path, opset: int = 17) -> dict:
+def export_gaussian_decoder(decoder, path: str | Path, opset: int = 17, weights: str = "float16") -> dict:
     decoder.eval()
     io = gaussian_decoder_io(decoder)
     inputs = gaussian_decoder_example(decoder, example_voxels(decoder.config.resolution))
-    export_graph(DecoderGraph(decoder), inputs, io, path, opset)
+    export_graph(DecoderGraph(decoder), inputs, io, path, opset, weights)
     return io
 
 
-def export_mesh_decoder(decoder, path: str | Path, opset: int = 17) -> dict:
+def export_mesh_decoder(decoder, path: str | Path, opset: int = 17, weights: str = "float16") -> dict:
     decoder.eval()
     io = mesh_decoder_io(decoder)
     inputs = mesh_decoder_example(decoder, example_voxels(decoder.config.resolution))
-    export_graph(DecoderGraph(decoder), inputs, io, path, opset)
+    export_graph(DecoderGraph(decoder), inputs, io, path, opset, weights)
     return io

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..contract import COLOR_REFERENCE_CROP_MEAN, COLOR_REFERENCE_PREDICTED, CONTRACT_VERSION, TEXTURE_CONTRACT_NAME, TEXTURE_STAGES, ModelCard, load_texture_card
-from .export import _export_graph, _sha256, io_spec
+from .export import _export_graph, _sha256, check_weights, io_spec, weight_card
 from .config import get_config
 from .slat_export import decoder_window_spec, export_gaussian_decoder, export_mesh_decoder, export_slat_flow
 
@@ -38,10 +38,11 @@ class TextureConditionGraph(torch.nn.Module):
 
 
 def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any], opset: int = 17,
-                         color_reference: str = COLOR_REFERENCE_PREDICTED) -> ModelCard:
+                         color_reference: str = COLOR_REFERENCE_PREDICTED, weights: str = "float16") -> ModelCard:
     """`model`: a `train.texture.TextureBundle` (torch).  Writes the graphs and model.json.
     `color_reference`: what the decoders' colours are relative to (contract.py); checkpoints
     trained before the albedo head (0.3.0) are relative to the crop's mean colour."""
+    check_weights(weights)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -52,10 +53,11 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
     io["texture_condition_encoder"]["outputs"][0]["shape"][1] += 1
     io["texture_condition_encoder"]["outputs"].append({"name": "albedo", "shape": ["B", 3], "dtype": "float32"})
     _export_graph(TextureConditionGraph(model.condition_encoder), io["texture_condition_encoder"],
-                  out_dir / FILES["texture_condition_encoder"], opset)
-    io["slat_flow"] = export_slat_flow(model.flow, out_dir / FILES["slat_flow"], opset)
-    io["slat_mesh_decoder"] = export_mesh_decoder(model.mesh_decoder, out_dir / FILES["slat_mesh_decoder"], opset)
-    io["slat_gaussian_decoder"] = export_gaussian_decoder(model.gaussian_decoder, out_dir / FILES["slat_gaussian_decoder"], opset)
+                  out_dir / FILES["texture_condition_encoder"], opset, weights)
+    io["slat_flow"] = export_slat_flow(model.flow, out_dir / FILES["slat_flow"], opset, weights)
+    io["slat_mesh_decoder"] = export_mesh_decoder(model.mesh_decoder, out_dir / FILES["slat_mesh_decoder"], opset, weights)
+    io["slat_gaussian_decoder"] = export_gaussian_decoder(model.gaussian_decoder, out_dir / FILES["slat_gaussian_decoder"],
+                                                          opset, weights)
     dec = model.mesh_decoder.config
     card = {
         "contract": TEXTURE_CONTRACT_NAME, "contract_version": CONTRACT_VERSION,
@@ -80,12 +82,14 @@ def export_texture_model(model, out_dir: str | Path, card_fields: dict[str, Any]
             card[key] = {**card[key], **value}
         else:
             card[key] = value
+    card["weights"] = weight_card(weights)
     card["sha256"] = {stage: _sha256(out_dir / FILES[stage]) for stage in TEXTURE_STAGES}
     (out_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     return load_texture_card(out_dir)
 
 
-def export_texture_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, **card_fields: Any) -> ModelCard:
+def export_texture_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, weights: str = "float16",
+                              **card_fields: Any) -> ModelCard:
     from ..train.texture import TextureBundle
 
     ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
@@ -96,10 +100,11 @@ def export_texture_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, 
     fields = {"latent": {"mean": ckpt["latent_mean"], "std": ckpt["latent_std"]}, "sampler": ckpt["sampler"],
               "training": ckpt["meta"]}
     fields.update(card_fields)
-    return export_texture_model(model, out_dir, fields, color_reference=reference)
+    return export_texture_model(model, out_dir, fields, color_reference=reference, weights=weights)
 
 
-def export_texture_random(out_dir: str | Path, seed: int = 0, preset: str = "tiny", **card_fields: Any) -> ModelCard:
+def export_texture_random(out_dir: str | Path, seed: int = 0, preset: str = "tiny", weights: str = "float16",
+                          **card_fields: Any) -> ModelCard:
     """An untrained texture model of the same contract, for development and tests."""
     from ..train.texture import TextureBundle
 
@@ -107,4 +112,4 @@ def export_texture_random(out_dir: str | Path, seed: int = 0, preset: str = "tin
     fields = {"name": f"{preset}-texture-random", "version": f"0.0.0+random.{seed}",
               "training": {"untrained": True, "seed": seed}, "sampler": {"steps": 2}}
     fields.update(card_fields)
-    return export_texture_model(TextureBundle(preset), out_dir, fields)
+    return export_texture_model(TextureBundle(preset), out_dir, fields, weights=weights)

@@ -61,7 +61,7 @@ def test_training_token_order_matches_exported_decoder(tmp_path):
     from sam3d_addon.nn.export import export_random
     from sam3d_addon.nn.vae import grid_to_tokens
 
-    card = export_random("tiny", tmp_path / "m", seed=3)
+    card = export_random("tiny", tmp_path / "m", seed=3, weights="float32")  # the torch weights as they are
     torch.manual_seed(3)
     bundle = build_models("tiny").eval_mode()  # the same weights export_random built
     grid = torch.randn(2, 8, 4, 4, 4)

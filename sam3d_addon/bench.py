@@ -4,6 +4,9 @@ Runs, side by side in one process: the model in its distilled 4-step shortcut mo
 with 25 plain flow steps and classifier-free guidance, and the ellipsoid baseline.  The model sees
 no point map (the add-on has none at run time either), so layout metrics come raw and after one
 global scale about the camera centre (`adds_01`).
+
+`--by-category PATH` also writes the per-category means (where the shape is lost), and
+`--split train --limit N` scores training samples instead (how far held-out falls below the fit).
 """
 
 from __future__ import annotations
@@ -18,17 +21,30 @@ from .errors import InputError
 
 REPORT_KEYS = ("viou", "f1_001", "f1_005", "chamfer", "box_iou", "rot_err_deg_median", "adds",
                "adds_01", "adds_01_raw", "seconds_per_object")
+CATEGORY_KEYS = ("viou", "f1_005", "adds_01")
+SPLITS = ("test", "train")
 QUICK_SAMPLES = 32
 DEFAULT_DATA = Path("data/synth")
 
 
-def load_test_samples(data_dir: Path, limit: int | None) -> list[dict]:
+def load_test_samples(data_dir: Path, limit: int | None, split: str = "test") -> list[dict]:
     from .data.dataset import list_samples, load_sample
 
-    paths = list_samples(data_dir, "test")
+    if split not in SPLITS:
+        raise InputError(f"Unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
+    paths = list_samples(data_dir, split)
     if not paths:
-        raise InputError(f"No held-out samples in {data_dir}/test; generate them with `sam3d data --out {data_dir} --n N --n-test 64`.")
+        raise InputError(f"No {split} samples in {data_dir}/{split}; generate them with `sam3d data --out {data_dir} --n N --n-test 64`.")
     return [load_sample(p) for p in paths[:limit]]
+
+
+def by_category(samples: list[dict], rows: list[dict]) -> dict:
+    """Per-category means of CATEGORY_KEYS over evaluate()'s per-sample rows, with counts."""
+    groups: dict[str, list[dict]] = {}
+    for sample, row in zip(samples, rows):
+        groups.setdefault(str(sample.get("category", "?")), []).append(row)
+    return {name: {"n": len(group), **{k: round(float(np.mean([r[k] for r in group])), 5) for k in CATEGORY_KEYS}}
+            for name, group in sorted(groups.items())}
 
 
 def model_predict_fn(pipe, shortcut: bool, box_align: bool = True):
@@ -49,13 +65,16 @@ def model_predict_fn(pipe, shortcut: bool, box_align: bool = True):
 
 
 def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quick: bool = False,
-                   limit: int | None = None, box_align: bool = True) -> dict:
+                   limit: int | None = None, box_align: bool = True, split: str = "test",
+                   categories: dict | None = None) -> dict:
+    """The report (exactly REPORT_KEYS per mode, plus n_samples).  Pass a dict as `categories` to
+    receive each mode's per-category means (`by_category`)."""
     from .baseline import make_baseline_predict_fn
     from .bench_geometry import evaluate
     from .pipeline import Sam3DPipeline
 
     data_dir = Path(data_dir or DEFAULT_DATA)
-    samples = load_test_samples(data_dir, QUICK_SAMPLES if quick else limit)
+    samples = load_test_samples(data_dir, QUICK_SAMPLES if quick else limit, split)
     pipe = Sam3DPipeline(model=model, device="cpu")
     median_depth = float(pipe.card.data.get("training", {}).get("median_depth", 0.0))
     if median_depth <= 0:
@@ -70,15 +89,26 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
         ("baseline", make_baseline_predict_fn(median_depth, resolution=pipe.card.occupancy_resolution)),
     ):
         print(f"bench geometry: {key} on {len(samples)} samples", file=sys.stderr)
-        metrics = evaluate(fn, samples)
+        rows: list[dict] = []
+        metrics = evaluate(fn, samples, per_sample=rows)
         report[key] = {k: round(float(metrics[k]), 5) for k in REPORT_KEYS}
+        if categories is not None:
+            categories[key] = by_category(samples, rows)
     report["n_samples"] = len(samples)
     return report
 
 
 def bench_geometry_cli(args) -> dict:
-    return bench_geometry(model=args.model or "tiny", data_dir=args.data, quick=args.quick,
-                          box_align=args.box_align)
+    import json
+
+    categories = {} if args.by_category else None
+    report = bench_geometry(model=args.model or "tiny", data_dir=args.data, quick=args.quick,
+                            limit=args.limit, box_align=args.box_align, split=args.split,
+                            categories=categories)
+    if args.by_category:
+        Path(args.by_category).write_text(json.dumps({"split": args.split, "n_samples": report["n_samples"],
+                                                      **categories}, indent=1) + "\n")
+    return report
 
 
 def bench_geometry_stage(model: str = "tiny", data_dir: str | Path | None = None, repeats: int = 8) -> dict:

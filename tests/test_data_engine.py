@@ -224,3 +224,29 @@ def test_bad_arguments_raise_one_line_input_errors(engine, tmp_path):
         dataset.list_samples(tmp_path / "missing", "train")
     with pytest.raises(InputError):
         dataset.list_samples(tmp_path, "validation")
+
+
+def test_bench_geometry_cli_report_keys_categories_and_train_split(small_dataset, tmp_path, capsys):
+    """`sam3d bench geometry --json` prints exactly the issue's keys; --by-category writes the
+    per-category means; --split train scores training samples."""
+    from sam3d_addon import cli
+
+    out, _ = small_dataset
+    modes = ("model_4step", "model_25step_cfg", "baseline")
+    per_mode = {"viou", "f1_001", "f1_005", "chamfer", "box_iou", "rot_err_deg_median", "adds", "adds_01",
+                "adds_01_raw", "seconds_per_object"}
+    categories = tmp_path / "categories.json"
+    assert cli.main(["bench", "geometry", "--json", "--data", str(out), "--by-category", str(categories)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == set(modes) | {"n_samples"} and report["n_samples"] == 1
+    assert all(set(report[m]) == per_mode for m in modes)
+    written = json.loads(categories.read_text())
+    test_category = dataset.load_sample(dataset.list_samples(out, "test")[0])["category"]
+    assert written["split"] == "test" and written["n_samples"] == 1
+    for mode in modes:
+        assert list(written[mode]) == [test_category]
+        row = written[mode][test_category]
+        assert row["n"] == 1 and row["viou"] == pytest.approx(report[mode]["viou"], abs=1e-5)
+
+    assert cli.main(["bench", "geometry", "--json", "--data", str(out), "--split", "train", "--limit", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_samples"] == 2

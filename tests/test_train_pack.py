@@ -195,3 +195,35 @@ def test_batches_mirror_images_points_grids_and_targets_together():
     assert x1["shape"][:, 0, 0].tolist() == [1.0, 0.0, 1.0]
     assert x1["translation"][:, 0, 0].tolist() == [-2.0, 2.0, -2.0]
     assert Batches(arrays, latents, pose, seed=0).indices(2).flip is None  # hflip off: no mirroring
+
+
+def test_photometric_jitter_changes_colours_alike_on_both_photos_and_nothing_else():
+    torch = pytest.importorskip("torch")
+    from sam3d_addon.train.data import GeometryArrays
+    from sam3d_addon.train.loop import Batches, Pick, photometric_jitter
+
+    rng = np.random.default_rng(1)
+    photo = torch.from_numpy(rng.random((4, 3, 8, 8)).astype(np.float32))
+    images = {"image": photo, "rgb_image": photo.clone(), "mask": torch.ones(4, 1, 8, 8)}
+    assert photometric_jitter(images, 0.0, np.random.default_rng(0)) is images  # off: untouched
+    out = photometric_jitter(images, 0.4, np.random.default_rng(0))
+    again = photometric_jitter(images, 0.4, np.random.default_rng(0))
+    assert torch.equal(out["image"], again["image"])  # seeded
+    assert torch.equal(out["image"], out["rgb_image"])  # one photo: one colour change for crop and full
+    assert torch.equal(out["mask"], images["mask"])  # masks are not colours
+    assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
+    changed = (out["image"] - photo).abs().flatten(1).mean(1)
+    assert (changed > 1e-3).all()  # every sample got its own change
+    n = 2
+    arrays = GeometryArrays(
+        images={k: rng.integers(0, 256, (n, c, 8, 8), dtype=np.uint8)
+                for k, c in (("image", 3), ("mask", 1), ("rgb_image", 3), ("rgb_image_mask", 1))},
+        points={k: rng.normal(size=(n, 3, 4, 4)).astype(np.float16) for k in POINT_KEYS},
+        occupancy=rng.random((n, 32, 32, 32)) < 0.3, rotation=np.stack([np.eye(3)] * n),
+        translation=np.zeros((n, 3)), scale=np.ones((n, 3)), paths=["a", "b"])
+    pick = Pick(torch.tensor([0, 1]))
+    plain = Batches(arrays, None, None, seed=0).condition_inputs(pick, p_drop_points=0.0)
+    jittered = Batches(arrays, None, None, seed=0, jitter=0.3).condition_inputs(pick, p_drop_points=0.0)
+    assert not torch.equal(plain["image"], jittered["image"])
+    for k in ("mask", "rgb_image_mask", "pointmap"):
+        assert torch.equal(plain[k], jittered[k])

@@ -36,6 +36,7 @@ from .. import metrics
 from ..nn.bundle import build_models
 from ..nn.vae import grid_to_tokens, tokens_to_grid
 from .data import condition_tensors, load_split
+from .loop import photometric_jitter
 
 
 def _flatten_head(features: int, tokens: int, channels: int) -> nn.Sequential:
@@ -126,7 +127,12 @@ def main(argv=None) -> int:
                    help="attention: the ViT probe's own head over the CNN's 6x6 feature tokens")
     p.add_argument("--encoder", choices=("cnn", "vit"), default="cnn",
                    help="vit: the tiny model's own condition encoder (fresh) under the flatten head")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="photometric jitter strength on the training images (train.loop.photometric_jitter)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (to run two arms side by side)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
     saved = torch.load(args.run / "state.pt", map_location="cpu", weights_only=False)
@@ -137,6 +143,7 @@ def main(argv=None) -> int:
     mean, std = torch.tensor(saved["latent_mean"]), torch.tensor(saved["latent_std"])
     res = bundle.config.vae.latent_resolution
 
+    rng = np.random.default_rng(args.seed)
     size = bundle.config.condition.vit.input_size
     t0 = time.time()
     train = load_split(args.data, "train", size, limit=args.limit)
@@ -162,16 +169,16 @@ def main(argv=None) -> int:
             n_tokens = encoder(**_condition(train, np.arange(1))).shape[1]
         model = EncoderRegressor(encoder, n_tokens, bundle.config.condition.cond_channels, target.shape[1], target.shape[2])
 
-        def predict(arrays, idx):
-            return model(_condition(arrays, idx))
+        def predict(arrays, idx, jitter=0.0):
+            return model(photometric_jitter(_condition(arrays, idx), jitter, rng))
     else:
         model = CropCNN(target.shape[1], target.shape[2], head=args.head,
                         cond_channels=bundle.config.condition.cond_channels)
 
-        def predict(arrays, idx):
-            return model(*_images(arrays, idx))
+        def predict(arrays, idx, jitter=0.0):
+            image, mask = _images(arrays, idx)
+            return model(photometric_jitter({"image": image}, jitter, rng)["image"], mask)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    rng = np.random.default_rng(args.seed)
     budget, step, total, t0 = args.minutes * 60.0, 0, None, time.time()
     while total is None or step < total:
         if total is None and step == 20:  # fit a cosine schedule to the time budget
@@ -180,7 +187,7 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, len(train), args.batch)
-        loss = F.mse_loss(predict(train, idx), target[idx])
+        loss = F.mse_loss(predict(train, idx, args.jitter), target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -204,7 +211,7 @@ def main(argv=None) -> int:
         "mean_latent_heldout_viou": round(voxel_iou(decode(torch.zeros(len(test), *target.shape[1:])), test.occupancy), 4),
         "mean_occupancy_heldout_viou": round(constant[0], 4), "mean_occupancy_threshold": constant[1],
         "steps": step, "seconds": round(time.time() - t0, 1), "train_samples": len(train), "heldout_samples": len(test),
-        "run": str(args.run), "head": args.head, "encoder": args.encoder,
+        "run": str(args.run), "head": args.head, "encoder": args.encoder, "jitter": args.jitter,
     }
     print(json.dumps(report))
     return 0

@@ -163,19 +163,24 @@ def test_mirrored_sample_is_the_mirror_image_of_the_sample():
     np.testing.assert_allclose(np.array(plain), np.array(mirror), atol=1e-6)
 
 
-def test_batches_mirror_images_points_grids_and_targets_together():
-    torch = pytest.importorskip("torch")
+def _random_arrays(rng, n: int):
+    """n random training samples at 8 px (4 px point maps), identity poses."""
     from sam3d_addon.train.data import GeometryArrays
-    from sam3d_addon.train.loop import Batches, Pick
 
-    rng = np.random.default_rng(0)
-    n = 3
-    arrays = GeometryArrays(
+    return GeometryArrays(
         images={k: rng.integers(0, 256, (n, c, 8, 8), dtype=np.uint8)
                 for k, c in (("image", 3), ("mask", 1), ("rgb_image", 3), ("rgb_image_mask", 1))},
         points={k: rng.normal(size=(n, 3, 4, 4)).astype(np.float16) for k in POINT_KEYS},
         occupancy=rng.random((n, 32, 32, 32)) < 0.3, rotation=np.stack([np.eye(3)] * n),
-        translation=np.zeros((n, 3)), scale=np.ones((n, 3)), paths=["a", "b", "c"])
+        translation=np.zeros((n, 3)), scale=np.ones((n, 3)), paths=[str(i) for i in range(n)])
+
+
+def test_batches_mirror_images_points_grids_and_targets_together():
+    torch = pytest.importorskip("torch")
+    from sam3d_addon.train.loop import Batches, Pick
+
+    n = 3
+    arrays = _random_arrays(np.random.default_rng(0), n)
     latents, mirrored_latents = np.zeros((n, 4, 2), np.float32), np.ones((n, 4, 2), np.float32)
     pose = {m: np.full((n, d), 2.0, np.float32) for m, d in (("rotation6d", 6), ("translation", 3), ("scale", 3),
                                                              ("translation_scale", 1))}
@@ -199,7 +204,6 @@ def test_batches_mirror_images_points_grids_and_targets_together():
 
 def test_photometric_jitter_changes_colours_alike_on_both_photos_and_nothing_else():
     torch = pytest.importorskip("torch")
-    from sam3d_addon.train.data import GeometryArrays
     from sam3d_addon.train.loop import Batches, Pick, photometric_jitter
 
     rng = np.random.default_rng(1)
@@ -214,13 +218,7 @@ def test_photometric_jitter_changes_colours_alike_on_both_photos_and_nothing_els
     assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
     changed = (out["image"] - photo).abs().flatten(1).mean(1)
     assert (changed > 1e-3).all()  # every sample got its own change
-    n = 2
-    arrays = GeometryArrays(
-        images={k: rng.integers(0, 256, (n, c, 8, 8), dtype=np.uint8)
-                for k, c in (("image", 3), ("mask", 1), ("rgb_image", 3), ("rgb_image_mask", 1))},
-        points={k: rng.normal(size=(n, 3, 4, 4)).astype(np.float16) for k in POINT_KEYS},
-        occupancy=rng.random((n, 32, 32, 32)) < 0.3, rotation=np.stack([np.eye(3)] * n),
-        translation=np.zeros((n, 3)), scale=np.ones((n, 3)), paths=["a", "b"])
+    arrays = _random_arrays(rng, 2)
     pick = Pick(torch.tensor([0, 1]))
     plain = Batches(arrays, None, None, seed=0).condition_inputs(pick, p_drop_points=0.0)
     jittered = Batches(arrays, None, None, seed=0, jitter=0.3).condition_inputs(pick, p_drop_points=0.0)

@@ -25,8 +25,7 @@ from .bundle import ModelBundle, build_models
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .flow import ShapePoseFlow
-from .fp16_weights import MIN_ELEMENTS as FP16_MIN_ELEMENTS
-from .fp16_weights import round_module_fp16_, store_initializers_fp16
+from .fp16_weights import check_weights, round_module_fp16_, store_initializers_fp16, weight_card
 from .vae import StructureDecoder, tokens_to_grid
 from .vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -35,8 +34,6 @@ EXPORT_BATCH = 2  # traced with B=2 so no size-1 broadcast gets baked into the g
 FILES = {stage: f"{stage}.onnx" for stage in STAGES}
 # Written by the exporter itself; card_fields may not override them.
 RESERVED_CARD_KEYS = ("contract", "contract_version", "files", "io", "sha256", "weights")
-# How the exporter stores the graphs' large weights (fp16_weights.py); compute is float32 either way.
-WEIGHT_STORAGE = ("float16", "float32")
 # Sampler defaults: the official stage-1 values in effect (fact sheet section 8).
 DEFAULT_SAMPLER = {
     "steps": 25,
@@ -166,18 +163,6 @@ def _export_graph(graph: nn.Module, spec: dict[str, Any], path: Path, opset: int
         raise RuntimeError(f"{path.name}: exported inputs {written} differ from the contract's {input_names}")
     if weights == "float16":
         store_initializers_fp16(path)
-
-
-def check_weights(weights: str) -> None:
-    if weights not in WEIGHT_STORAGE:
-        raise ValueError(f"weights must be one of {WEIGHT_STORAGE}, not {weights!r}")
-
-
-def weight_card(weights: str) -> dict[str, Any]:
-    """The card's record of how the weights are stored."""
-    if weights == "float32":
-        return {"storage": "float32"}
-    return {"storage": "float16", "min_elements": FP16_MIN_ELEMENTS, "compute": "float32"}
 
 
 def _sha256(path: Path) -> str:

@@ -25,6 +25,21 @@ import numpy as np
 # them float32 spares their precision for nothing measurable in size.
 MIN_ELEMENTS = 1024
 CAST_SUFFIX = "__fp16"
+# How an export may store the large weights (`sam3d export --weights`); compute is float32 either way.
+WEIGHT_STORAGE = ("float16", "float32")
+
+
+def check_weights(weights: str) -> None:
+    if weights not in WEIGHT_STORAGE:
+        raise ValueError(f"weights must be one of {WEIGHT_STORAGE}, not {weights!r}")
+
+
+def weight_card(weights: str) -> dict:
+    """The model card's record of how the weights are stored."""
+    check_weights(weights)
+    if weights == "float32":
+        return {"storage": "float32"}
+    return {"storage": "float16", "min_elements": MIN_ELEMENTS, "compute": "float32"}
 
 
 def round_module_fp16_(module, min_elements: int = MIN_ELEMENTS) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fp16_weights import round_module_fp16_, store_initializers_fp16
+from .fp16_weights import check_weights, round_module_fp16_, store_initializers_fp16
 from .slat import SLatFlowModel, level_names, levels_for
 
 # Voxels of the example the graphs are traced with: a few hundred, so no size-1 broadcast is baked in.
@@ -88,8 +88,6 @@ def export_graph(graph: nn.Module, inputs: dict[str, torch.Tensor], io: dict, pa
     weights="float16" stores the large weights as float16 (fp16_weights.py), rounding the
     module's own weights to match first (in place)."""
     import onnx
-
-    from .export import check_weights
 
     check_weights(weights)
     if weights == "float16":

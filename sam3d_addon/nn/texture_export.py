@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ..contract import COLOR_REFERENCE_CROP_MEAN, COLOR_REFERENCE_PREDICTED, CONTRACT_VERSION, TEXTURE_CONTRACT_NAME, TEXTURE_STAGES, ModelCard, load_texture_card
-from .export import _export_graph, _sha256, check_weights, io_spec, weight_card
+from .export import _export_graph, _sha256, io_spec
+from .fp16_weights import check_weights, weight_card
 from .config import get_config
 from .slat_export import decoder_window_spec, export_gaussian_decoder, export_mesh_decoder, export_slat_flow
 

@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from torch import nn
 
 from .. import metrics
 from ..nn.bundle import build_models
+from ..nn.condition import EmbedderFuser
 from ..nn.vae import grid_to_tokens, tokens_to_grid
 from .data import condition_tensors, load_split
 from .loop import photometric_jitter
@@ -130,6 +132,10 @@ def main(argv=None) -> int:
     p.add_argument("--jitter", type=float, default=0.0,
                    help="photometric jitter strength on the training images (train.loop.photometric_jitter)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (to run two arms side by side)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="with --encoder vit: the ViT's input size (a multiple of its 14 px patch; default the preset's 84)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="a fixed step count instead of fitting the schedule to --minutes (to compare arms of unequal speed)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +150,12 @@ def main(argv=None) -> int:
     res = bundle.config.vae.latent_resolution
 
     rng = np.random.default_rng(args.seed)
-    size = bundle.config.condition.vit.input_size
+    condition_config = bundle.config.condition
+    if args.input_size:
+        if args.encoder != "vit" or args.input_size % condition_config.vit.patch_size:
+            raise SystemExit(f"--input-size needs --encoder vit and a multiple of {condition_config.vit.patch_size}")
+        condition_config = replace(condition_config, vit=replace(condition_config.vit, input_size=args.input_size))
+    size = condition_config.vit.input_size
     t0 = time.time()
     train = load_split(args.data, "train", size, limit=args.limit)
     test = load_split(args.data, "test", size, limit=args.test)
@@ -164,7 +175,7 @@ def main(argv=None) -> int:
         return (bundle.decoder(grid)[:, 0] > 0).numpy()
 
     if args.encoder == "vit":
-        encoder = bundle.condition_encoder.train()
+        encoder = EmbedderFuser(condition_config).train()
         with torch.no_grad():
             n_tokens = encoder(**_condition(train, np.arange(1))).shape[1]
         model = EncoderRegressor(encoder, n_tokens, bundle.config.condition.cond_channels, target.shape[1], target.shape[2])
@@ -179,11 +190,12 @@ def main(argv=None) -> int:
             image, mask = _images(arrays, idx)
             return model(photometric_jitter({"image": image}, jitter, rng)["image"], mask)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    budget, step, total, t0 = args.minutes * 60.0, 0, None, time.time()
+    budget, step, total, t0 = args.minutes * 60.0, 0, args.steps, time.time()
     while total is None or step < total:
         if total is None and step == 20:  # fit a cosine schedule to the time budget
             total = max(21, int(budget / ((time.time() - t0) / 20)))
-        lr = args.lr * (min(1.0, (step + 1) / 100) if total is None else 0.5 * (1 + math.cos(math.pi * step / total)))
+        warm = total is None or step < 20
+        lr = args.lr * (min(1.0, (step + 1) / 100) if warm else 0.5 * (1 + math.cos(math.pi * step / total)))
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, len(train), args.batch)
@@ -212,6 +224,7 @@ def main(argv=None) -> int:
         "mean_occupancy_heldout_viou": round(constant[0], 4), "mean_occupancy_threshold": constant[1],
         "steps": step, "seconds": round(time.time() - t0, 1), "train_samples": len(train), "heldout_samples": len(test),
         "run": str(args.run), "head": args.head, "encoder": args.encoder, "jitter": args.jitter,
+        "input_size": size,
     }
     print(json.dumps(report))
     return 0

@@ -11,6 +11,7 @@ global scale about the camera centre (`adds_01`).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -99,8 +100,6 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
 
 
 def bench_geometry_cli(args) -> dict:
-    import json
-
     categories = {} if args.by_category else None
     report = bench_geometry(model=args.model or "tiny", data_dir=args.data, quick=args.quick,
                             limit=args.limit, box_align=args.box_align, split=args.split,

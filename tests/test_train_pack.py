@@ -225,3 +225,37 @@ def test_photometric_jitter_changes_colours_alike_on_both_photos_and_nothing_els
     assert not torch.equal(plain["image"], jittered["image"])
     for k in ("mask", "rgb_image_mask", "pointmap"):
         assert torch.equal(plain[k], jittered[k])
+
+
+def test_train_init_goes_on_from_a_trained_model_at_the_flow_stage(fake_data, tmp_path, capsys):
+    """--init: the VAE, its latent normalisation and the pose statistics are the checkpoint's; the
+    flow and distillation stages train on; the card records where it started and counts its steps."""
+    pytest.importorskip("torch")
+    import torch
+
+    from sam3d_addon.cli import main
+    from sam3d_addon.nn.checkpoint import load_checkpoint
+
+    small = ["--device", "cpu", "--set", "vae_batch=2", "--set", "encoder_batch=2", "--set", "flow_batch=2",
+             "--set", "distill_batch=2"]
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "a"), "--steps", "2,1,2,1"] + small) == 0
+    first = tmp_path / "a" / "model.pt"
+    capsys.readouterr()
+    # not a checkpoint: a one-line error, no output made
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "bad"), "--init", str(fake_data / "meta.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sam3d: error: Cannot read checkpoint") and error.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "b"), "--init", str(first),
+                 "--steps", "5,5,3,2"] + small) == 0
+    assert "resuming" not in capsys.readouterr().err
+    _, a = load_checkpoint(first)
+    _, b = load_checkpoint(tmp_path / "b" / "model.pt")
+    for name in ("encoder", "decoder"):  # the VAE is not trained again
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
+    assert any(not torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
+    assert b["latent_mean"] == a["latent_mean"] and b["pose_stats"] == a["pose_stats"]
+    meta = b["meta"]
+    assert meta["init"]["checkpoint"] == str(first) and meta["init"]["train_samples"] == 10
+    assert meta["steps_run"] == {"init_vae": 2, "init_encoder": 1, "init_flow": 2, "init_distill": 1,
+                                 "flow": 3, "distill": 2}

@@ -9,6 +9,7 @@ training facts, exported as the card's "training" section).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,9 @@ def load_checkpoint(path: str | Path) -> tuple[ModelBundle, dict[str, Any]]:
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise ModelError(f"Cannot read checkpoint {path}: {exc}") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # missing, cut off, not a checkpoint
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]  # one line
+        raise ModelError(f"Cannot read checkpoint {path}: {detail}") from None
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing:
         raise ModelError(f"Checkpoint {path} lacks {', '.join(missing)}; it was not written by save_checkpoint.")

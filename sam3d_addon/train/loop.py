@@ -390,7 +390,7 @@ def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_eve
 class Trainer:
     def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0,
                  schedule: Schedule | None = None, limit: int | None = None, device: str = "cpu",
-                 stop_after_minutes: float | None = None):
+                 stop_after_minutes: float | None = None, init: str | Path | None = None):
         self.config_name = config_name
         self.schedule = schedule or SCHEDULES[config_name]
         self.limit = limit
@@ -398,7 +398,6 @@ class Trainer:
         self.data_dir, self.out, self.seed = Path(data_dir), Path(out), seed
         self.device = torch.device(device)
         self.deadline = None if stop_after_minutes is None else time.time() + 60.0 * stop_after_minutes
-        self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
         # Built on the CPU (the same initial weights on every device), then moved.
         self.bundle = build_models(config_name)
@@ -416,6 +415,33 @@ class Trainer:
         self.teacher: torch.nn.Module | None = None
         self.latent_cache: dict[bool, tuple] = {}  # mirrored -> (arrays, latents)
         self.data_meta = self.data.meta
+        self.init: dict | None = None
+        if init is not None and not (self.out / "state.pt").is_file():  # a resumed run has it in its state
+            self.init_from(init)  # before the output exists: a bad --init changes nothing
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def init_from(self, path) -> None:
+        """Start from a trained model.pt (a warm start, e.g. on more data): every module's weights,
+        and the latent normalisation and pose statistics the flow was trained with (re-deriving
+        them from other data would move the flow's targets).  The VAE and the encoder
+        pre-training are done: training goes on at the flow stage (encoder at its reduced rate).
+        The checkpoint's training seconds and steps are kept, so the card counts them."""
+        from ..nn.checkpoint import load_checkpoint
+
+        bundle, checkpoint = load_checkpoint(path)
+        if checkpoint["config"] != self.config_name:
+            raise InputError(f"--init {path} is a '{checkpoint['config']}' model, not '{self.config_name}'.")
+        trained = bundle.modules()
+        for name, module in self.bundle.modules().items():
+            module.load_state_dict(trained[name].state_dict())
+        meta = checkpoint["meta"]
+        self.latent_mean, self.latent_std = checkpoint["latent_mean"], checkpoint["latent_std"]
+        self.pose_stats = checkpoint["pose_stats"]
+        self.vae_heldout_viou, self.probe_heldout_viou = meta.get("vae_heldout_viou"), meta.get("probe_heldout_viou")
+        self.state.update(stage="flow", encoder_pretrained=True)
+        self.state["seconds"].update({f"init_{k}": float(v) for k, v in meta.get("seconds", {}).items()})
+        self.state["steps_run"] = {f"init_{k}": int(v) for k, v in meta.get("steps_run", {}).items()}
+        self.init = {"checkpoint": str(path), "data": meta.get("data"), "train_samples": meta.get("train_samples")}
 
     def device_name(self) -> str:
         if self.device.type == "cuda":
@@ -432,6 +458,7 @@ class Trainer:
             "probe": self.probe.state_dict() if self.probe is not None else None,
             # Distillation's frozen teacher (the flow stage's model), so a resumed run keeps it.
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "init": self.init,
             "optimizer": optimizer.state_dict() if optimizer else None, "rng": self.generator.get_state(),
         }
         state.update(extra or {})
@@ -450,6 +477,7 @@ class Trainer:
         self.latent_mean, self.latent_std, self.pose_stats = saved["latent_mean"], saved["latent_std"], saved["pose_stats"]
         self.vae_heldout_viou = saved.get("vae_heldout_viou")
         self.probe_heldout_viou = saved.get("probe_heldout_viou")
+        self.init = saved.get("init")
         if saved.get("probe") is not None:
             self._build_probe().load_state_dict(saved["probe"])
         self.generator.set_state(saved["rng"])
@@ -725,6 +753,7 @@ class Trainer:
             "vae_heldout_viou": self.vae_heldout_viou,
             "probe_heldout_viou": self.probe_heldout_viou,
             "schedule": asdict(s), "schedule_changes": self.schedule_changes, "seed": self.seed,
+            **({"init": self.init} if self.init else {}),
             "device": self.device_name(), "torch": torch.__version__,
         }
         path = save_checkpoint(self.out / "model.pt", self.bundle, latent_mean=self.latent_mean, latent_std=self.latent_std,
@@ -799,7 +828,7 @@ def train_main(args) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True  # the tiny model's matmuls: TF32 is ample
         torch.backends.cudnn.allow_tf32 = True
     trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit,
-                      device=device, stop_after_minutes=stop_after)
+                      device=device, stop_after_minutes=stop_after, init=getattr(args, "init", None))
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     try:
         trainer.run(stages, minutes=stage_values(args.minutes, "--minutes", stage_names))

@@ -828,7 +828,7 @@ def train_main(args) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True  # the tiny model's matmuls: TF32 is ample
         torch.backends.cudnn.allow_tf32 = True
     trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit,
-                      device=device, stop_after_minutes=stop_after, init=getattr(args, "init", None))
+                      device=device, stop_after_minutes=stop_after, init=args.init)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     try:
         trainer.run(stages, minutes=stage_values(args.minutes, "--minutes", stage_names))

@@ -226,9 +226,10 @@ def _add_train(sub):
     p.add_argument("--stop-after", type=float, default=None, metavar="MIN",
                    help="checkpoint and stop after MIN minutes of this run; the same command resumes")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--init", default=None, metavar="CHECKPOINT",
-                   help="start from this model.pt (e.g. to go on training on more data): training resumes at "
-                        "the flow stage with its VAE, latent normalisation and weights; the card counts its time")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this model.pt or shipped model folder (e.g. models/tiny; to go on training on "
+                        "more data): training resumes at the flow stage with its VAE, latent normalisation and "
+                        "weights; the card counts its time")
     p.set_defaults(func=cmd_train)
 
 

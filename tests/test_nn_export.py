@@ -162,3 +162,66 @@ def test_bench_speed_reports_both_runtimes(exported):
     for stage in ("velocity", "condition_encoder"):
         assert report[stage]["torch_s"] > 0 and report[stage]["ort_s"] > 0
     assert report["ratio"] > 0 and report["torch_weights"].startswith("fresh")
+
+
+@pytest.fixture(scope="module")
+def exported_trained_like(tmp_path_factory, one_thread):
+    """A tiny model whose weights all differ, as after training (the exporter stores equal tensors,
+    e.g. a fresh model's all-ones norms, once, and then no name says which parameter is which)."""
+    from sam3d_addon.nn.export import export_onnx
+
+    torch.manual_seed(1)
+    bundle = build_models("tiny").eval_mode()
+    with torch.no_grad():
+        for module in bundle.modules().values():
+            for param in module.parameters():
+                param.add_(0.01 * torch.randn_like(param))
+    card = export_onnx(bundle, tmp_path_factory.mktemp("nn_recover") / "model",
+                       {"camera": {"fov_deg": 50.0}, "pose": POSE_STATS})
+    return bundle, card  # export_onnx rounded the bundle's weights as the files hold them
+
+
+def test_the_graphs_give_back_every_weight_the_forward_pass_reads(exported_trained_like):
+    """`sam3d train --init models/NAME` rebuilds the torch modules from the shipped graphs (the
+    encoder from its training-only graph): every weight comes back exactly as the files hold it."""
+    from sam3d_addon.nn.recover import UNUSED, recover_modules
+
+    bundle, card = exported_trained_like
+    entry = card.data["training_files"]["structure_encoder"]
+    assert hashlib.sha256((card.path / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    torch.manual_seed(123)
+    fresh = build_models("tiny")
+    report = recover_modules(card.path, fresh)
+    assert report["encoder"] and set(report["max_abs_diff"]) == set(STAGES) | {"structure_encoder"}
+    compared = 0
+    for name, module in bundle.modules().items():
+        rebuilt = getattr(fresh, name).state_dict()
+        for key, value in module.state_dict().items():
+            if UNUSED.search(key):  # never read by forward(), so no graph holds it
+                continue
+            assert torch.equal(rebuilt[key], value), f"{name}.{key}"
+            compared += 1
+    assert compared > 400
+    # idx_emb is only partly read: the crop and full-image rows
+    idx = bundle.condition_encoder.idx_emb
+    assert torch.equal(fresh.condition_encoder.idx_emb[:2], idx[:2])
+
+
+def test_rebuild_without_encoder_graph_and_a_wrong_match_is_refused(exported_trained_like, tmp_path, monkeypatch):
+    import shutil
+
+    from sam3d_addon.errors import ModelError
+    from sam3d_addon.nn import recover
+
+    _, card = exported_trained_like
+    folder = tmp_path / "old"
+    shutil.copytree(card.path, folder)
+    (folder / "structure_encoder.onnx").unlink()  # as exported before 0.3.3
+    assert recover.recover_modules(folder, build_models("tiny"))["encoder"] is False
+    with pytest.raises(ModelError, match="has no structure_encoder.onnx"):
+        recover.recover_modules(folder, build_models("tiny"), encoder_required=True)
+    # the ONNX-vs-torch check catches a wrong match: here every folded weight goes to the first
+    # parameter of its shape
+    monkeypatch.setattr(recover, "_score", lambda key, scope: 0)
+    with pytest.raises(ModelError, match="do not reproduce the graph"):
+        recover.recover_modules(folder, build_models("tiny"))

@@ -20,6 +20,10 @@ def test_files_match_the_card(name):
     assert set(card["sha256"]) == set(card["files"])
     for stage, filename in card["files"].items():
         assert hashlib.sha256((folder / filename).read_bytes()).hexdigest() == card["sha256"][stage], filename
+    for entry in card.get("training_files", {}).values():  # e.g. the encoder `train --init` needs
+        assert hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest() == entry["sha256"], entry["file"]
+    listed = set(card["files"].values()) | {e["file"] for e in card.get("training_files", {}).values()}
+    assert {p.name for p in folder.iterdir()} == listed | {"model.json"}
     loaded = (contract.load_texture_card if card["contract"] == contract.TEXTURE_CONTRACT_NAME else contract.load_card)(name)
     assert loaded.name == card["name"] and loaded.kind in ("geometry", "texture")
 

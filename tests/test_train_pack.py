@@ -259,3 +259,43 @@ def test_train_init_goes_on_from_a_trained_model_at_the_flow_stage(fake_data, tm
     assert meta["init"]["checkpoint"] == str(first) and meta["init"]["train_samples"] == 10
     assert meta["steps_run"] == {"init_vae": 2, "init_encoder": 1, "init_flow": 2, "init_distill": 1,
                                  "flow": 3, "distill": 2}
+
+
+def test_train_init_from_a_model_folder_rebuilds_it_and_refits_a_missing_encoder(fake_data, tmp_path, capsys):
+    """--init models/NAME: the weights come from the shipped graphs; a folder exported before the
+    encoder graph was shipped gets an encoder refitted to the frozen decoder, recorded in the card."""
+    pytest.importorskip("torch")
+    import torch
+
+    from sam3d_addon.cli import main
+    from sam3d_addon.nn.checkpoint import load_checkpoint
+
+    small = ["--device", "cpu", "--set", "vae_batch=2", "--set", "encoder_batch=2", "--set", "flow_batch=2",
+             "--set", "distill_batch=2", "--set", "refit_steps=3", "--set", "refit_batch=2",
+             "--set", "refit_anchors=8"]
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "a"), "--steps", "2,1,2,1"] + small) == 0
+    assert main(["export", "--config", "tiny", "--checkpoint", str(tmp_path / "a" / "model.pt"),
+                 "--out", str(tmp_path / "shipped")]) == 0
+    (tmp_path / "shipped" / "structure_encoder.onnx").unlink()  # as shipped before 0.3.3
+    capsys.readouterr()
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "shipped"),
+                 "--steps", "0,0,2,1"] + small) == 0
+    assert "refit" in capsys.readouterr().err
+    _, a = load_checkpoint(tmp_path / "a" / "model.pt")
+    _, b = load_checkpoint(tmp_path / "b" / "model.pt")
+    # the decoder is the shipped one (float16-rounded as the files hold it); the encoder is new
+    for key, value in a["decoder"].items():
+        assert torch.equal(b["decoder"][key], value.half().float() if value.numel() >= 1024 else value), key
+    assert any(not torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    assert b["latent_mean"] == pytest.approx(a["latent_mean"])
+    assert {k: v for k, v in b["pose_stats"].items() if k in a["pose_stats"]} == a["pose_stats"]
+    init = b["meta"]["init"]
+    assert init["checkpoint"] == str(tmp_path / "shipped") and init["model"]["name"] == "tiny"
+    assert max(init["rebuilt_max_abs_diff"].values()) < 2e-3
+    refit = init["encoder_refit"]
+    assert refit["steps"] == 3 and refit["anchors"] + refit["held_out"] == 8
+    assert set(refit["after"]) == {"reconstruction_viou", "anchor_mse"}
+    assert b["meta"]["steps_run"]["flow"] == 2 and b["meta"]["steps_run"]["init_flow"] == 2
+    # a folder that is not a model: one line, nothing made
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "c"), "--init", str(fake_data)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "c").exists()

@@ -26,14 +26,19 @@ from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .flow import ShapePoseFlow
 from .fp16_weights import check_weights, round_module_fp16_, store_initializers_fp16, weight_card
+from .recover import EncoderGraph, encoder_io_spec
 from .vae import StructureDecoder, tokens_to_grid
 from .vit import IMAGENET_MEAN, IMAGENET_STD
 
 BATCH_AXIS = "B"
 EXPORT_BATCH = 2  # traced with B=2 so no size-1 broadcast gets baked into the graphs
 FILES = {stage: f"{stage}.onnx" for stage in STAGES}
+# Written beside the runtime graphs but outside the contract: the add-on never reads them.  The
+# sparse-structure encoder turns occupancy grids into the flow's latents, so with it the shipped
+# files are all `sam3d train --init models/NAME` needs to train on (recover.py).
+TRAINING_FILES = {"structure_encoder": "structure_encoder.onnx"}
 # Written by the exporter itself; card_fields may not override them.
-RESERVED_CARD_KEYS = ("contract", "contract_version", "files", "io", "sha256", "weights")
+RESERVED_CARD_KEYS = ("contract", "contract_version", "files", "io", "sha256", "weights", "training_files")
 # Sampler defaults: the official stage-1 values in effect (fact sheet section 8).
 DEFAULT_SAMPLER = {
     "steps": 25,
@@ -240,8 +245,20 @@ def export_onnx(model_bundle: ModelBundle, out_dir: str | Path, card_fields: dic
         _export_graph(graph, card["io"][stage], out_dir / FILES[stage], opset, weights)
     card["weights"] = weight_card(weights)
     card["sha256"] = {stage: _sha256(out_dir / FILES[stage]) for stage in STAGES}
+    card["training_files"] = {"structure_encoder": write_encoder_graph(model_bundle, out_dir, opset, weights)}
     (out_dir / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     return load_card(out_dir)
+
+
+def write_encoder_graph(model_bundle: ModelBundle, out_dir: str | Path, opset: int = 17,
+                        weights: str = "float16") -> dict[str, Any]:
+    """Write the training-only encoder graph into out_dir; returns its card entry
+    (`training_files.structure_encoder`)."""
+    spec = encoder_io_spec(model_bundle.config)
+    path = Path(out_dir) / TRAINING_FILES["structure_encoder"]
+    _export_graph(EncoderGraph(model_bundle.encoder.eval()), spec, path, opset, weights)
+    return {"file": path.name, "sha256": _sha256(path), "io": spec,
+            "use": "training only: `sam3d train --init` rebuilds the model from the graphs; the add-on never reads it"}
 
 
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, weights: str = "float16",

@@ -85,6 +85,12 @@ class Schedule:
     hflip: float = 0.0
     # Photometric jitter strength (photometric_jitter); 0 = off.
     jitter: float = 0.0
+    # --init from a model folder without its encoder graph (exports before 0.3.3): the encoder
+    # is refitted on this many of the flow's own samples (nn/recover.py: refit_encoder).
+    refit_steps: int = 1000
+    refit_batch: int = 16
+    refit_lr: float = 1e-3
+    refit_anchors: int = 2048
 
 
 SCHEDULES = {"tiny": Schedule()}
@@ -421,14 +427,18 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
 
     def init_from(self, path) -> None:
-        """Start from a trained model.pt (a warm start, e.g. on more data): every module's weights,
-        and the latent normalisation and pose statistics the flow was trained with (re-deriving
-        them from other data would move the flow's targets).  The VAE and the encoder
-        pre-training are done: training goes on at the flow stage (encoder at its reduced rate).
-        The checkpoint's training seconds and steps are kept, so the card counts them."""
+        """Start from a trained model.pt or a shipped model folder (a warm start, e.g. on more
+        data): every module's weights, and the latent normalisation and pose statistics the flow
+        was trained with (re-deriving them from other data would move the flow's targets).  The
+        VAE and the encoder pre-training are done: training goes on at the flow stage (encoder at
+        its reduced rate).  The model's training seconds and steps are kept, so the card counts them."""
         from ..nn.checkpoint import load_checkpoint
 
-        bundle, checkpoint = load_checkpoint(path)
+        path = Path(path)
+        if path.is_dir():
+            bundle, checkpoint = self._rebuild_from_model_folder(path)
+        else:
+            bundle, checkpoint = load_checkpoint(path)
         if checkpoint["config"] != self.config_name:
             raise InputError(f"--init {path} is a '{checkpoint['config']}' model, not '{self.config_name}'.")
         trained = bundle.modules()
@@ -441,7 +451,68 @@ class Trainer:
         self.state.update(stage="flow", encoder_pretrained=True)
         self.state["seconds"].update({f"init_{k}": float(v) for k, v in meta.get("seconds", {}).items()})
         self.state["steps_run"] = {f"init_{k}": int(v) for k, v in meta.get("steps_run", {}).items()}
-        self.init = {"checkpoint": str(path), "data": meta.get("data"), "train_samples": meta.get("train_samples")}
+        self.init = {"checkpoint": str(path), "data": meta.get("data"), "train_samples": meta.get("train_samples"),
+                     **checkpoint.get("rebuilt", {})}
+        if checkpoint.get("encoder_refit_pending"):
+            self.state["encoder_refit"] = "pending"  # done in run(), where the training data is at hand
+
+    def _rebuild_from_model_folder(self, path: Path):
+        """(bundle, checkpoint-like dict) from a shipped model folder's graphs and card."""
+        from ..contract import load_card
+        from ..errors import ModelError
+        from ..nn.recover import recover_modules
+
+        card = load_card(path)
+        if card.kind != "geometry":
+            raise ModelError(f"--init {path} is a texture model; pick a geometry model.")
+        config = card.data.get("architecture", {}).get("config")
+        if config != self.config_name:
+            raise InputError(f"--init {path} is a '{config}' model, not '{self.config_name}'.")
+        bundle = build_models(config)
+        report = recover_modules(card.path, bundle)
+        training = card.data.get("training", {})
+        checkpoint = {
+            "config": config, "latent_mean": list(card.latent_mean), "latent_std": list(card.latent_std),
+            "pose_stats": dict(card.data["pose"]), "meta": training,
+            "rebuilt": {"model": {"name": card.name, "version": card.version},
+                        "rebuilt_max_abs_diff": {k: float(f"{v:.3g}") for k, v in report["max_abs_diff"].items()}},
+            "encoder_refit_pending": not report["encoder"],
+        }
+        return bundle, checkpoint
+
+    def refit_encoder(self, arrays) -> None:
+        """The model folder had no encoder graph: fit one to the frozen decoder and the flow's own
+        samples of this run's training images (nn/recover.py says why the samples matter)."""
+        from ..nn.recover import encoder_checks, flow_anchors, refit_encoder
+
+        s = self.schedule
+        t0 = time.time()
+        cpu = build_models(self.config_name)  # the anchors and the refit run on the CPU copy
+        for name, module in cpu.modules().items():
+            module.load_state_dict(getattr(self.bundle, name).state_dict())
+        n = min(len(arrays), s.refit_anchors)
+        held = max(1, n // 8)  # the last eighth checks the fit
+        sampler = {"steps": s.shortcut_steps, "rescale_t": s.rescale_t}
+        occ, z = flow_anchors(cpu, self.latent_mean, self.latent_std, sampler,
+                              {k: v[:n] for k, v in arrays.images.items()}, seed=self.seed,
+                              progress=lambda i, total: _progress("anchors", i, total, 0.0, t0, 0))
+        t1 = time.time()
+        fit = (occ[:n - held], z[:n - held]) if n > held else (occ, z)
+        check = (occ[n - held:], z[n - held:])
+        before = encoder_checks(cpu.encoder, cpu.decoder, self.latent_mean, self.latent_std,
+                                arrays.occupancy[:held], check)
+        refit_encoder(cpu.encoder, cpu.decoder, self.latent_mean, self.latent_std, arrays.occupancy, fit,
+                      steps=s.refit_steps, batch=s.refit_batch, lr=s.refit_lr, reconstruction_weight=0.0,
+                      seed=self.seed, progress=lambda i, total, loss: _progress("refit", i, total, loss, t1, 0))
+        after = encoder_checks(cpu.encoder, cpu.decoder, self.latent_mean, self.latent_std,
+                               arrays.occupancy[:held], check)
+        self.bundle.encoder.load_state_dict(cpu.encoder.state_dict())
+        seconds = time.time() - t0
+        self.state["seconds"]["encoder_refit"] = self.state["seconds"].get("encoder_refit", 0.0) + seconds
+        self.state["encoder_refit"] = "done"
+        self.init["encoder_refit"] = {"steps": s.refit_steps, "anchors": n - held, "held_out": held,
+                                      "before": before, "after": after, "seconds": round(seconds, 1)}
+        _log(self.out, {"stage": "encoder_refit", **self.init["encoder_refit"]})
 
     def device_name(self) -> str:
         if self.device.type == "cuda":
@@ -500,6 +571,9 @@ class Trainer:
             raise InputError(f"Only {len(arrays)} training samples in {self.data_dir}; generate more with `sam3d data`.")
         self.pose_stats = self.pose_stats or pose_statistics(arrays)
         self.fov_deg = self.data.fov_deg()
+        if self.state.get("encoder_refit") == "pending":
+            self.refit_encoder(arrays)
+            self.save_state()
         minutes = minutes or {}
         order = ["vae", "encoder", "flow", "distill", "done"]
         for stage in order[:-1]:

@@ -216,7 +216,7 @@ def test_rebuild_without_encoder_graph_and_a_wrong_match_is_refused(exported_tra
     _, card = exported_trained_like
     folder = tmp_path / "old"
     shutil.copytree(card.path, folder)
-    (folder / "structure_encoder.onnx").unlink()  # as exported before 0.3.3
+    (folder / "structure_encoder.onnx").unlink()  # as older exports are
     assert recover.recover_modules(folder, build_models("tiny"))["encoder"] is False
     with pytest.raises(ModelError, match="has no structure_encoder.onnx"):
         recover.recover_modules(folder, build_models("tiny"), encoder_required=True)

@@ -276,7 +276,7 @@ def test_train_init_from_a_model_folder_rebuilds_it_and_refits_a_missing_encoder
     assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "a"), "--steps", "2,1,2,1"] + small) == 0
     assert main(["export", "--config", "tiny", "--checkpoint", str(tmp_path / "a" / "model.pt"),
                  "--out", str(tmp_path / "shipped")]) == 0
-    (tmp_path / "shipped" / "structure_encoder.onnx").unlink()  # as shipped before 0.3.3
+    (tmp_path / "shipped" / "structure_encoder.onnx").unlink()  # as older exports are
     capsys.readouterr()
     assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "shipped"),
                  "--steps", "0,0,2,1"] + small) == 0

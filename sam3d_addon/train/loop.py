@@ -85,8 +85,8 @@ class Schedule:
     hflip: float = 0.0
     # Photometric jitter strength (photometric_jitter); 0 = off.
     jitter: float = 0.0
-    # --init from a model folder without its encoder graph (exports before 0.3.3): the encoder
-    # is refitted on this many of the flow's own samples (nn/recover.py: refit_encoder).
+    # --init from a model folder without its encoder graph (older exports): the encoder is
+    # refitted on this many of the flow's own samples (nn/recover.py: refit_encoder).
     refit_steps: int = 1000
     refit_batch: int = 16
     refit_lr: float = 1e-3
@@ -102,13 +102,14 @@ def _log(out: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def _progress(stage: str, step: int, total: int, loss: float, t0: float, start: int) -> None:
+def _progress(stage: str, step: int, total: int, loss: float | None, t0: float, start: int) -> None:
     if step % 25 and step != total:
         return
     rate = (step - start) / max(time.time() - t0, 1e-6)
     eta = (total - step) / max(rate, 1e-6)
     filled = int(25 * step / total)
-    print(f"\r{stage:8s} [{'#' * filled}{'.' * (25 - filled)}] {step}/{total} loss {loss:.4f} "
+    shown = "" if loss is None else f"loss {loss:.4f} "
+    print(f"\r{stage:8s} [{'#' * filled}{'.' * (25 - filled)}] {step}/{total} {shown}"
           f"{rate:.1f} it/s eta {eta / 60:.1f} min", end="\n" if step == total else "", file=sys.stderr, flush=True)
 
 
@@ -495,15 +496,15 @@ class Trainer:
         sampler = {"steps": s.shortcut_steps, "rescale_t": s.rescale_t}
         occ, z = flow_anchors(cpu, self.latent_mean, self.latent_std, sampler,
                               {k: v[:n] for k, v in arrays.images.items()}, seed=self.seed,
-                              progress=lambda i, total: _progress("anchors", i, total, 0.0, t0, 0))
+                              progress=lambda i, total: _progress("anchors", i, total, None, t0, 0))
         t1 = time.time()
         fit = (occ[:n - held], z[:n - held]) if n > held else (occ, z)
         check = (occ[n - held:], z[n - held:])
         before = encoder_checks(cpu.encoder, cpu.decoder, self.latent_mean, self.latent_std,
                                 arrays.occupancy[:held], check)
-        refit_encoder(cpu.encoder, cpu.decoder, self.latent_mean, self.latent_std, arrays.occupancy, fit,
-                      steps=s.refit_steps, batch=s.refit_batch, lr=s.refit_lr, reconstruction_weight=0.0,
-                      seed=self.seed, progress=lambda i, total, loss: _progress("refit", i, total, loss, t1, 0))
+        refit_encoder(cpu.encoder, self.latent_mean, self.latent_std, fit, steps=s.refit_steps,
+                      batch=s.refit_batch, lr=s.refit_lr, seed=self.seed,
+                      progress=lambda i, total, loss: _progress("refit", i, total, loss, t1, 0))
         after = encoder_checks(cpu.encoder, cpu.decoder, self.latent_mean, self.latent_std,
                                arrays.occupancy[:held], check)
         self.bundle.encoder.load_state_dict(cpu.encoder.state_dict())

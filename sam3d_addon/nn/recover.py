@@ -11,7 +11,7 @@ as they are; each anonymous MatMul weight is matched to the one missing Linear w
 shares the most parts with the scope of the node that uses it (the scope is the module path
 the tracer recorded, e.g. `/generator/blocks.0/shape/to_q/MatMul`) and whose shape is its
 transpose; ties go in graph order to the first in state-dict order.  The few known folded sums
-are listed in FOLDED.  Nothing here is trusted on its own: `recover_modules` runs each graph in
+are handled by name in state_dict_from_graph.  Nothing here is trusted on its own: `recover_modules` runs each graph in
 ONNX Runtime and the rebuilt module in torch on the same random inputs and refuses (ModelError)
 unless they agree, so a wrong match cannot pass silently.
 
@@ -41,13 +41,6 @@ GRAPHS = {
 }
 ENCODER_FILE = "structure_encoder.onnx"
 FP16_SUFFIX = "__fp16"
-# Parameters that tracing folds into sums, by module: key -> how to rebuild it from the folded
-# initializers that feed Add nodes under the given scope (in graph order).
-#  * condition_encoder.idx_emb [groups, C]: rows CROPPED (0) and FULL (1) are added to every
-#    embedder's crop / full tokens; the graph holds them as two [C] constants.  Further rows are
-#    unused by the forward pass and stay as initialised.
-#  * module_list.2.pos_embed [1, D, g, g]: added as pos_embed.flatten(2).transpose(1, 2).
-FOLDED = ("idx_emb", "module_list.2.pos_embed")
 # Parameters the forward pass never reads (so no graph can hold them): kept as initialised.
 UNUSED = re.compile(r"(^|\.)mask_token$|^idx_emb$")
 # ONNX Runtime vs torch on the same inputs (float32 compute on both sides)
@@ -120,6 +113,9 @@ def state_dict_from_graph(path: Path, module: nn.Module, prefix: str) -> dict[st
             scope = _scope_parts(node, prefix)
             best = max(candidates, key=lambda k: _score(k, scope))  # max keeps the first of ties
             rebuilt[best] = torch.from_numpy(value.T.copy())
+    # Parameters folded into sums (condition encoder): idx_emb rows CROPPED (0) and FULL (1) are
+    # held as two [C] constants (further rows are never read), and the point embedder's pos_embed
+    # [1, D, g, g] as pos_embed.flatten(2).transpose(1, 2).
     adds = [(n, node) for n, op, node in uses if op == "Add" and n.startswith("onnx::")]
     if "idx_emb" in state and "idx_emb" not in rebuilt:
         rows = list(dict.fromkeys(n for n, _ in adds if values[n].shape == state["idx_emb"].shape[1:]))
@@ -142,8 +138,9 @@ def state_dict_from_graph(path: Path, module: nn.Module, prefix: str) -> dict[st
     for key in [k for k in state if k not in rebuilt]:
         scored = [(_score(key, _scope_parts(node, prefix)), name) for name, _, node in uses
                   if values[name].shape == tuple(state[key].shape)]
-        if scored and max(scored)[0] >= 2:
-            rebuilt[key] = torch.from_numpy(values[max(scored, key=lambda x: x[0])[1]].copy())
+        score, name = max(scored, key=lambda x: x[0], default=(0, None))
+        if score >= 2:
+            rebuilt[key] = torch.from_numpy(values[name].copy())
     still = [k for k in state if k not in rebuilt]
     if still:
         raise ModelError(f"{path.name}: cannot rebuild {len(still)} parameters, e.g. {', '.join(still[:3])}.")

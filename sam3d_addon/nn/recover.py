@@ -296,15 +296,14 @@ def encoder_checks(encoder: nn.Module, decoder: nn.Module, latent_mean, latent_s
                    anchors: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     """Held-out figures of an encoder: reconstruction vIoU (posterior mean) and the anchors'
     mean squared latent error in normalised units (1.0 = as far as the prior's spread)."""
+    from ..metrics import voxel_iou
     from .vae import grid_to_tokens
 
     encoder.eval(), decoder.eval()
     occ = torch.from_numpy(occupancy.astype(np.float32))[:, None]
     pred = decoder(encoder(occ)[0])[:, 0].numpy() > 0
-    inter = (pred & occupancy).sum(axis=(1, 2, 3))
-    union = (pred | occupancy).sum(axis=(1, 2, 3))
     a_occ, a_z = anchors
     a_mean = encoder(torch.from_numpy(a_occ.astype(np.float32))[:, None])[0]
     a_norm = (grid_to_tokens(a_mean) - torch.tensor(latent_mean)) / torch.tensor(latent_std)
-    return {"reconstruction_viou": float(np.mean(inter / np.maximum(union, 1))),
+    return {"reconstruction_viou": float(np.mean([voxel_iou(p, o) for p, o in zip(pred, occupancy)])),
             "anchor_mse": float(torch.mean((a_norm - torch.from_numpy(a_z)) ** 2))}

@@ -626,6 +626,7 @@ class Trainer:
     @torch.no_grad()
     def vae_heldout_iou(self, limit: int = 64) -> float:
         """Mean voxel IoU of encode -> decode (posterior mean) on the held-out split."""
+        from ..metrics import voxel_iou  # here: metrics pulls in trimesh, which a GPU box may lack
         occ = self._load("test", limit=limit).occupancy
         if not len(occ):
             return float("nan")
@@ -634,10 +635,7 @@ class Trainer:
         grids = torch.from_numpy(occ.astype(np.float32))[:, None].to(self.device)
         logits = b.decoder(b.encoder(grids)[0])[:, 0].cpu().numpy()
         b.encoder.train(), b.decoder.train()
-        pred = logits > 0
-        inter = (pred & occ).sum(axis=(1, 2, 3))
-        union = (pred | occ).sum(axis=(1, 2, 3))
-        return float(np.mean(inter / np.maximum(union, 1)))
+        return float(np.mean([voxel_iou(p, o) for p, o in zip(logits > 0, occ)]))
 
     def encode_latents(self, arrays, mirrored: bool = False) -> np.ndarray:
         """Normalised shape latents of the occupancies (mirrored in canonical x if asked); the

@@ -253,6 +253,20 @@ def cmd_pack(args) -> int:
     return pack_main(args, progress=_bar("pack"))
 
 
+def _add_average(sub):
+    from .train.average import add_average_arguments
+
+    p = sub.add_parser("average", help="average a run's weights with the shipped model it went on from (train --init)")
+    add_average_arguments(p)
+    p.set_defaults(func=cmd_average)
+
+
+def cmd_average(args) -> int:
+    from .train.average import average_main
+
+    return average_main(args)
+
+
 def _add_train_texture(sub):
     p = sub.add_parser("train-texture", help="train the texture & refinement model (structured-latent VAE, then flow)")
     p.add_argument("--data", required=True, help="a `sam3d data --texture` directory")
@@ -493,7 +507,7 @@ def _bar(label: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d", description="SAM 3D for Blender")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_3dfy, _add_data, _add_pack, _add_train, _add_export, _add_train_texture, _add_export_texture, _add_bench, _add_refine):
+    for add in (_add_3dfy, _add_data, _add_pack, _add_train, _add_average, _add_export, _add_train_texture, _add_export_texture, _add_bench, _add_refine):
         add(sub)
     return parser
 

@@ -299,3 +299,58 @@ def test_train_init_from_a_model_folder_rebuilds_it_and_refits_a_missing_encoder
     # a folder that is not a model: one line, nothing made
     assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "c"), "--init", str(fake_data)]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "c").exists()
+
+
+def test_average_mixes_a_run_with_the_model_it_went_on_from_and_refuses_another_vae(fake_data, tmp_path, capsys):
+    """sam3d average: weight * run + (1 - weight) * shipped for the condition encoder and the flow;
+    the VAE stays; a checkpoint with another VAE is refused with one line and nothing written."""
+    pytest.importorskip("torch")
+    import torch
+
+    from sam3d_addon.cli import main
+    from sam3d_addon.nn.checkpoint import load_checkpoint
+
+    small = ["--device", "cpu", "--set", "vae_batch=2", "--set", "encoder_batch=2", "--set", "flow_batch=2",
+             "--set", "distill_batch=2"]
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "a"), "--steps", "2,1,2,1"] + small) == 0
+    assert main(["export", "--config", "tiny", "--checkpoint", str(tmp_path / "a" / "model.pt"),
+                 "--out", str(tmp_path / "shipped")]) == 0
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "shipped"),
+                 "--steps", "0,0,3,2", "--set", "flow_lr=0.01"] + small) == 0
+    out = tmp_path / "c" / "model.pt"
+    assert main(["average", "--checkpoint", str(tmp_path / "b" / "model.pt"), "--with", str(tmp_path / "shipped"),
+                 "--weight", "0.25", "--out", str(out)]) == 0
+    _, a = load_checkpoint(tmp_path / "a" / "model.pt")
+    _, b = load_checkpoint(tmp_path / "b" / "model.pt")
+    _, c = load_checkpoint(out)
+
+    def shipped(value):  # the graphs hold large weights rounded to float16
+        return value.half().float() if value.numel() >= 1024 else value
+
+    moved = 0
+    for name in ("condition_encoder", "generator"):
+        for key, value in b[name].items():
+            if "idx_emb" in key or not value.is_floating_point():  # idx_emb: only the rows the graph uses come back
+                continue
+            expected = 0.25 * value + 0.75 * shipped(a[name][key])
+            assert torch.allclose(c[name][key], expected, atol=1e-6), (name, key)
+            moved += int(not torch.equal(value, shipped(a[name][key])))
+    assert moved > 0  # the run did move the weights, so the mix is not trivially equal to either
+    for key, value in b["decoder"].items():
+        assert torch.equal(c["decoder"][key], value), key
+    assert c["meta"]["weight_average"]["checkpoint_weight"] == 0.25
+    assert c["latent_mean"] == b["latent_mean"]
+
+    other = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    other["decoder"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in other["decoder"].items()}
+    torch.save(other, tmp_path / "other.pt")
+    capsys.readouterr()
+    bad = tmp_path / "d" / "model.pt"
+    assert main(["average", "--checkpoint", str(tmp_path / "other.pt"), "--with", str(tmp_path / "shipped"),
+                 "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "different structure VAEs" in err and len(err.splitlines()) == 1
+    assert not bad.exists()
+    assert main(["average", "--checkpoint", str(out), "--with", str(tmp_path / "shipped"), "--weight", "1.5",
+                 "--out", str(bad)]) == 2
+    assert not bad.exists()

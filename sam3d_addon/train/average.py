@@ -1,0 +1,89 @@
+"""`sam3d average`: a weight average of a trained checkpoint and the shipped model it started from.
+
+Why: a run that goes on from a shipped model (`train --init models/NAME`) on a new data set of
+fewer samples than the shipped model saw drifts towards that set and forgets part of the old one
+(README: "The model" has the measurements).  Both networks sit in one basin (same start, same
+latent space), so the mean of their weights keeps what each learned.  Only the condition encoder and the flow are averaged; the
+structure VAE, the latent normalisation and the pose statistics must be the same in both (they
+stay fixed under `--init`), else the two flows live in different latent spaces and the command
+refuses.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..nn.checkpoint import load_checkpoint, save_checkpoint
+
+AVERAGED = ("condition_encoder", "generator")
+MUST_MATCH = ("decoder", "encoder")
+# The shipped graphs store large weights rounded to float16 (export), so a rebuilt model and the
+# checkpoint it was exported from differ by up to half a float16 step; more means another VAE.
+MATCH_TOL = 1e-2
+
+
+def _reference(path: Path):
+    """(bundle, checkpoint-like facts) of a model folder (rebuilt from its graphs) or a checkpoint."""
+    if path.is_dir():
+        from ..contract import load_card
+        from ..nn.bundle import build_models
+        from ..nn.recover import recover_modules
+
+        card = load_card(path)
+        bundle = build_models(card.data.get("architecture", {}).get("config", "tiny"))
+        recover_modules(card.path, bundle)
+        return bundle, {"latent_mean": list(card.latent_mean), "latent_std": list(card.latent_std),
+                        "name": f"{card.name} {card.version}"}
+    bundle, checkpoint = load_checkpoint(path)
+    return bundle, {"latent_mean": checkpoint["latent_mean"], "latent_std": checkpoint["latent_std"], "name": str(path)}
+
+
+def average_checkpoint(checkpoint_path, other, weight: float, out_path) -> Path:
+    """Write `weight` * checkpoint + (1 - weight) * other (condition encoder and flow) to out_path."""
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"--weight must be in [0, 1], got {weight}.")
+    bundle, checkpoint = load_checkpoint(checkpoint_path)
+    other_bundle, other_facts = _reference(Path(other))
+    if other_bundle.config.name != bundle.config.name:
+        raise InputError(f"{other} is a '{other_bundle.config.name}' model, {checkpoint_path} a '{bundle.config.name}' one.")
+    for name in MUST_MATCH:
+        mine, theirs = getattr(bundle, name).state_dict(), getattr(other_bundle, name).state_dict()
+        gap = max(float((mine[k].float() - theirs[k].float()).abs().max()) for k in mine)
+        if gap > MATCH_TOL:
+            raise InputError(f"{checkpoint_path} and {other} have different structure VAEs ({name} differs by "
+                             f"{gap:.3g}); only a run that went on from {other} (train --init) can be averaged with it.")
+    stats = [abs(a - b) for key in ("latent_mean", "latent_std")
+             for a, b in zip(checkpoint[key], other_facts[key])]
+    if max(stats, default=0.0) > 1e-4:
+        raise InputError(f"{checkpoint_path} and {other} normalise the latent differently; they cannot be averaged.")
+    with torch.no_grad():
+        for name in AVERAGED:
+            module, other_state = getattr(bundle, name), getattr(other_bundle, name).state_dict()
+            mixed = {k: (weight * v + (1.0 - weight) * other_state[k]) if v.is_floating_point() else v
+                     for k, v in module.state_dict().items()}
+            module.load_state_dict(mixed)
+    meta = dict(checkpoint["meta"])
+    meta["weight_average"] = {"checkpoint": str(checkpoint_path), "checkpoint_weight": weight,
+                              "other": other_facts["name"], "averaged": list(AVERAGED)}
+    return save_checkpoint(out_path, bundle, latent_mean=checkpoint["latent_mean"], latent_std=checkpoint["latent_std"],
+                           pose_stats=checkpoint["pose_stats"], sampler=checkpoint["sampler"],
+                           camera=checkpoint["camera"], meta=meta)
+
+
+def add_average_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="model.pt of a run that went on from --with (train --init)")
+    parser.add_argument("--with", dest="other", required=True, metavar="MODEL",
+                        help="the model it started from: a model folder (models/tiny) or a model.pt")
+    parser.add_argument("--weight", type=float, default=0.5, help="the checkpoint's share (default 0.5)")
+    parser.add_argument("--out", required=True, help="the averaged model.pt to write")
+
+
+def average_main(args) -> int:
+    path = average_checkpoint(args.checkpoint, args.other, args.weight, args.out)
+    print(f"average: wrote {path} ({args.weight:g} x {args.checkpoint} + {1 - args.weight:g} x {args.other})",
+          file=sys.stderr)
+    return 0

@@ -354,3 +354,18 @@ def test_average_mixes_a_run_with_the_model_it_went_on_from_and_refuses_another_
     assert main(["average", "--checkpoint", str(out), "--with", str(tmp_path / "shipped"), "--weight", "1.5",
                  "--out", str(bad)]) == 2
     assert not bad.exists()
+    shifted = torch.load(tmp_path / "b" / "model.pt", weights_only=True)  # the same VAE, another pose scale
+    shifted["pose_stats"]["translation_std"] = [v * 2.0 for v in shifted["pose_stats"]["translation_std"]]
+    torch.save(shifted, tmp_path / "shifted.pt")
+    capsys.readouterr()
+    assert main(["average", "--checkpoint", str(tmp_path / "shifted.pt"), "--with", str(tmp_path / "shipped"),
+                 "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "normalise the pose differently" in err and len(err.splitlines()) == 1
+    assert not bad.exists()
+    # An average of an average keeps the chain of what went in.
+    twice = tmp_path / "e" / "model.pt"
+    assert main(["average", "--checkpoint", str(out), "--with", str(tmp_path / "b" / "model.pt"),
+                 "--out", str(twice)]) == 0
+    _, e = load_checkpoint(twice)
+    assert e["meta"]["weight_average"]["checkpoint_was"]["checkpoint_weight"] == 0.25

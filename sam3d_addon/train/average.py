@@ -37,9 +37,17 @@ def _reference(path: Path):
         bundle = build_models(card.data.get("architecture", {}).get("config", "tiny"))
         recover_modules(card.path, bundle)
         return bundle, {"latent_mean": list(card.latent_mean), "latent_std": list(card.latent_std),
-                        "name": f"{card.name} {card.version}"}
+                        "pose_stats": dict(card.data.get("pose", {})), "name": f"{card.name} {card.version}"}
     bundle, checkpoint = load_checkpoint(path)
-    return bundle, {"latent_mean": checkpoint["latent_mean"], "latent_std": checkpoint["latent_std"], "name": str(path)}
+    return bundle, {"latent_mean": checkpoint["latent_mean"], "latent_std": checkpoint["latent_std"],
+                    "pose_stats": checkpoint["pose_stats"], "name": str(path)}
+
+
+def _stat_gap(mine: dict, theirs: dict) -> float:
+    """Largest difference between two sets of normalisation statistics (lists of numbers by key)."""
+    gaps = [abs(float(a) - float(b)) for key, values in mine.items() if isinstance(values, (list, tuple))
+            for a, b in zip(values, theirs.get(key, [float("inf")] * len(values)))]
+    return max(gaps, default=0.0)
 
 
 def average_checkpoint(checkpoint_path, other, weight: float, out_path) -> Path:
@@ -56,10 +64,11 @@ def average_checkpoint(checkpoint_path, other, weight: float, out_path) -> Path:
         if gap > MATCH_TOL:
             raise InputError(f"{checkpoint_path} and {other} have different structure VAEs ({name} differs by "
                              f"{gap:.3g}); only a run that went on from {other} (train --init) can be averaged with it.")
-    stats = [abs(a - b) for key in ("latent_mean", "latent_std")
-             for a, b in zip(checkpoint[key], other_facts[key])]
-    if max(stats, default=0.0) > 1e-4:
+    latent = {key: checkpoint[key] for key in ("latent_mean", "latent_std")}
+    if _stat_gap(latent, other_facts) > 1e-4:
         raise InputError(f"{checkpoint_path} and {other} normalise the latent differently; they cannot be averaged.")
+    if _stat_gap(checkpoint["pose_stats"], other_facts["pose_stats"]) > 1e-4:
+        raise InputError(f"{checkpoint_path} and {other} normalise the pose differently; they cannot be averaged.")
     with torch.no_grad():
         for name in AVERAGED:
             module, other_state = getattr(bundle, name), getattr(other_bundle, name).state_dict()
@@ -69,6 +78,8 @@ def average_checkpoint(checkpoint_path, other, weight: float, out_path) -> Path:
     meta = dict(checkpoint["meta"])
     meta["weight_average"] = {"checkpoint": str(checkpoint_path), "checkpoint_weight": weight,
                               "other": other_facts["name"], "averaged": list(AVERAGED)}
+    if "weight_average" in checkpoint["meta"]:  # an average of an average: keep the chain
+        meta["weight_average"]["checkpoint_was"] = checkpoint["meta"]["weight_average"]
     return save_checkpoint(out_path, bundle, latent_mean=checkpoint["latent_mean"], latent_std=checkpoint["latent_std"],
                            pose_stats=checkpoint["pose_stats"], sampler=checkpoint["sampler"],
                            camera=checkpoint["camera"], meta=meta)

@@ -72,17 +72,7 @@ class Result:
 
 def _sampler_from_card(card: ModelCard, steps: int | None, cfg_strength: float | None,
                        shortcut: bool | None) -> FlowSampler:
-    s = card.sampler
-    use_shortcut = bool(s.get("shortcut", False)) if shortcut is None else shortcut
-    if steps is None:
-        steps = int(s["steps"] if use_shortcut else s.get("reference_steps", s["steps"]))
-    if cfg_strength is None:
-        cfg_strength = 0.0 if use_shortcut else float(s.get("reference_cfg_strength", s.get("cfg_strength", 0.0)))
-    return FlowSampler(
-        steps=int(steps), rescale_t=float(s.get("rescale_t", 1.0)), cfg_strength=float(cfg_strength),
-        cfg_interval=tuple(s.get("cfg_interval", (0.0, 500.0))), shortcut=use_shortcut,
-        time_scale=float(s.get("time_scale", 1000.0)),
-    )
+    return FlowSampler.from_settings(card.sampler, steps, cfg_strength, shortcut)
 
 
 class Sam3DPipeline:

@@ -59,6 +59,24 @@ class FlowSampler:
             raise ValueError("steps must be >= 1")
         self.steps = int(self.steps)
 
+    @classmethod
+    def from_settings(cls, settings: dict, steps: int | None = None, cfg_strength: float | None = None,
+                      shortcut: bool | None = None) -> "FlowSampler":
+        """The sampler a model card's `sampler` block asks for; the arguments override it.
+
+        A shortcut model's card gives its few-step setting (`steps`, no guidance) and the
+        full-length one it was distilled from (`reference_steps`, `reference_cfg_strength`); which
+        one is used follows `shortcut` (default: the card's)."""
+        use_shortcut = bool(settings.get("shortcut", False)) if shortcut is None else bool(shortcut)
+        if steps is None:
+            steps = settings["steps"] if use_shortcut else settings.get("reference_steps", settings["steps"])
+        if cfg_strength is None:
+            cfg_strength = 0.0 if use_shortcut else settings.get("reference_cfg_strength",
+                                                                 settings.get("cfg_strength", 0.0))
+        return cls(steps=int(steps), rescale_t=float(settings.get("rescale_t", 1.0)),
+                   cfg_strength=float(cfg_strength), cfg_interval=tuple(settings.get("cfg_interval", (0.0, 500.0))),
+                   shortcut=use_shortcut, time_scale=float(settings.get("time_scale", 1000.0)))
+
     def timesteps(self) -> np.ndarray:
         """The S+1 (rescaled) times 0 = t'_0 < ... < t'_S = 1."""
         return rescale_time(np.linspace(0.0, 1.0, self.steps + 1), self.rescale_t)

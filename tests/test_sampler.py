@@ -71,3 +71,18 @@ def test_seeded_noise_reproducible_and_cancel():
     assert not np.array_equal(a["x"], initial_noise({"x": (1, 4), "y": (2,)}, 8)["x"])
     with pytest.raises(Cancelled):
         FlowSampler(steps=3).sample(lambda *a: {}, {"a": np.zeros(1, np.float32)}, np.ones((1, 1, 1)), cancel=lambda: True)
+
+
+def test_sampler_from_card_settings_picks_the_shortcut_or_its_reference():
+    """One reading of a card's sampler block: a shortcut model runs its few steps unguided, and
+    the full-length guided setting it was distilled from when shortcut=False; arguments override."""
+    card = {"steps": 4, "shortcut": True, "cfg_strength": 0.0, "cfg_interval": [0.0, 500.0], "rescale_t": 2.0,
+            "time_scale": 1000.0, "reference_steps": 25, "reference_cfg_strength": 1.0}
+    fast = FlowSampler.from_settings(card)
+    assert (fast.steps, fast.shortcut, fast.cfg_strength, fast.rescale_t) == (4, True, 0.0, 2.0)
+    full = FlowSampler.from_settings(card, shortcut=False)
+    assert (full.steps, full.shortcut, full.cfg_strength, full.cfg_interval) == (25, False, 1.0, (0.0, 500.0))
+    custom = FlowSampler.from_settings(card, steps=10, cfg_strength=3.0, shortcut=False)
+    assert (custom.steps, custom.cfg_strength) == (10, 3.0)
+    plain = FlowSampler.from_settings({"steps": 25, "cfg_strength": 0.5, "rescale_t": 8.0})  # a texture card
+    assert (plain.steps, plain.shortcut, plain.cfg_strength, plain.rescale_t) == (25, False, 0.5, 8.0)

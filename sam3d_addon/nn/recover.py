@@ -225,8 +225,7 @@ def flow_anchors(bundle, latent_mean, latent_std, sampler: dict, images: dict[st
     from .vae import tokens_to_grid
 
     cfg = bundle.config
-    flow_sampler = FlowSampler(steps=int(sampler["steps"]), rescale_t=float(sampler.get("rescale_t", 1.0)),
-                               cfg_strength=0.0, shortcut=True, time_scale=float(sampler.get("time_scale", 1000.0)))
+    flow_sampler = FlowSampler.from_settings(sampler, shortcut=True)
     mean = torch.tensor(latent_mean, dtype=torch.float32)
     std = torch.tensor(latent_std, dtype=torch.float32)
     bundle.eval_mode()

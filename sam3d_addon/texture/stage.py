@@ -76,11 +76,7 @@ class TextureStage:
         return self.card.data["grid"]
 
     def _sampler(self, steps: int | None, cfg_strength: float | None) -> FlowSampler:
-        s = self.card.sampler
-        return FlowSampler(steps=int(steps or s["steps"]), rescale_t=float(s.get("rescale_t", 1.0)),
-                           cfg_strength=float(s.get("cfg_strength", 0.0) if cfg_strength is None else cfg_strength),
-                           cfg_interval=tuple(s.get("cfg_interval", (0.0, 500.0))),
-                           time_scale=float(s.get("time_scale", 1000.0)))
+        return FlowSampler.from_settings(self.card.sampler, steps or None, cfg_strength)
 
     def encode(self, inputs: dict) -> tuple[np.ndarray, np.ndarray | None]:
         """(condition tokens, the colour reference [3] or None) of prepared photo inputs."""

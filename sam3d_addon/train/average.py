@@ -3,10 +3,10 @@
 Why: a run that goes on from a shipped model (`train --init models/NAME`) on a new data set of
 fewer samples than the shipped model saw drifts towards that set and forgets part of the old one
 (README: "The model" has the measurements).  Both networks sit in one basin (same start, same
-latent space), so the mean of their weights keeps what each learned.  Only the condition encoder and the flow are averaged; the
-structure VAE, the latent normalisation and the pose statistics must be the same in both (they
-stay fixed under `--init`), else the two flows live in different latent spaces and the command
-refuses.
+latent space), so the mean of their weights keeps what each learned.  Only the condition encoder
+and the flow are averaged; the structure VAE, the latent normalisation and the pose statistics
+must be the same in both (they stay fixed under `--init`), else the two flows live in different
+latent spaces and the command refuses.
 """
 
 from __future__ import annotations

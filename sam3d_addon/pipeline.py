@@ -18,7 +18,7 @@ import numpy as np
 
 from . import pose as pose_mod
 from .box_align import align_pose_to_mask
-from .contract import DEFAULT_TEXTURE_MODEL, POSE_DIMS, ModelCard, available_models, load_card
+from .contract import DEFAULT_TEXTURE_MODEL, POSE_DIMS, available_models, load_card
 from .errors import Cancelled, InputError, ModelError
 from .meshing import occupancy_to_mesh
 from .preprocess import Photo, prepare_inputs, read_mask, read_photo
@@ -68,11 +68,6 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     output: str = "mesh"  # what run() was asked for: "mesh", "gaussians" or "both"
-
-
-def _sampler_from_card(card: ModelCard, steps: int | None, cfg_strength: float | None,
-                       shortcut: bool | None) -> FlowSampler:
-    return FlowSampler.from_settings(card.sampler, steps, cfg_strength, shortcut)
 
 
 class Sam3DPipeline:
@@ -139,7 +134,7 @@ class Sam3DPipeline:
         t0 = time.perf_counter()
         cond = self.encode(inputs)
         t1 = time.perf_counter()
-        sampler = _sampler_from_card(self.card, steps, cfg_strength, shortcut)
+        sampler = FlowSampler.from_settings(self.card.sampler, steps, cfg_strength, shortcut)
         shapes = {"shape": (1, self.card.shape_tokens, self.card.shape_channels)}
         shapes.update({m: (1, 1, n) for m, n in POSE_DIMS.items()})
         x = sampler.sample(self.velocity, initial_noise(shapes, seed), cond, progress=progress, cancel=cancel)

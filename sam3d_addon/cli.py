@@ -336,7 +336,24 @@ def _add_export(sub):
     p.add_argument("--metrics", default=None, help="a `sam3d bench ... --json` output to record in the card")
     p.add_argument("--weights", choices=("float16", "float32"), default="float16",
                    help="how the files store the large weights (compute is float32 either way; float16 halves the files)")
+    p.add_argument("--noise-scale", action="append", default=[], metavar="LATENT=FACTOR",
+                   help="scale a latent's starting noise at sampling time, e.g. shape=0.5 (written to the card's "
+                        "sampler.noise_scale; repeatable)")
     p.set_defaults(func=cmd_export)
+
+
+def _noise_scale_field(items: list[str]) -> dict:
+    """{"sampler": {"noise_scale": {...}}} from LATENT=FACTOR strings, or {} without any."""
+    scale = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            scale[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise Sam3DError(f"--noise-scale wants LATENT=FACTOR (e.g. shape=0.5), not '{item}'.")
+    return {"sampler": {"noise_scale": scale}} if scale else {}
 
 
 def cmd_export(args) -> int:
@@ -346,6 +363,7 @@ def cmd_export(args) -> int:
     if args.version:
         fields["version"] = args.version
     fields.update(_metrics_field(args.metrics))
+    fields.update(_noise_scale_field(args.noise_scale))
     if args.random:
         export_random(args.config, args.out, seed=args.seed, weights=args.weights, **fields)
     elif args.checkpoint:

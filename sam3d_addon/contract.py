@@ -176,7 +176,23 @@ def parse_card(path: Path, data: dict[str, Any]) -> ModelCard:
     for stage in STAGES:
         _require(data["files"], stage, where)
         _require(data["io"], stage, where)
+    check_noise_scale(data["sampler"].get("noise_scale"), where)
     return ModelCard(path=Path(path), data=data)
+
+
+def check_noise_scale(scale: Any, where: str) -> None:
+    """`sampler.noise_scale` (optional): {latent: factor in (0, 10]} for the starting noise."""
+    latents = ("shape", *POSE_DIMS)
+    if scale is None:
+        return
+    if not isinstance(scale, dict):
+        raise ModelError(f"model card {where}: sampler.noise_scale must map latent names to numbers.")
+    for name, factor in scale.items():
+        if name not in latents:
+            raise ModelError(f"model card {where}: sampler.noise_scale names '{name}', which is not one of "
+                             f"{', '.join(latents)}.")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < float(factor) <= 10.0:
+            raise ModelError(f"model card {where}: sampler.noise_scale['{name}'] must be a number in (0, 10].")
 
 
 def _parse_texture_card(path: Path, data: dict[str, Any], where: str) -> ModelCard:

@@ -137,7 +137,8 @@ class Sam3DPipeline:
         sampler = FlowSampler.from_settings(self.card.sampler, steps, cfg_strength, shortcut)
         shapes = {"shape": (1, self.card.shape_tokens, self.card.shape_channels)}
         shapes.update({m: (1, 1, n) for m, n in POSE_DIMS.items()})
-        x = sampler.sample(self.velocity, initial_noise(shapes, seed), cond, progress=progress, cancel=cancel)
+        x0 = initial_noise(shapes, seed, self.card.sampler.get("noise_scale"))
+        x = sampler.sample(self.velocity, x0, cond, progress=progress, cancel=cancel)
         t2 = time.perf_counter()
         logits = self.decode(x["shape"])[0, 0]
         R, t, s = pose_mod.decode_pose({m: x[m][0, 0] for m in POSE_DIMS}, self.card.pose)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -225,3 +226,23 @@ def test_rebuild_without_encoder_graph_and_a_wrong_match_is_refused(exported_tra
     monkeypatch.setattr(recover, "_score", lambda key, scope: 0)
     with pytest.raises(ModelError, match="do not reproduce the graph"):
         recover.recover_modules(folder, build_models("tiny"))
+
+
+def test_export_writes_noise_scale_and_refuses_a_bad_one(exported, tmp_path, capsys):
+    """`sam3d export --noise-scale shape=0.5` puts it in the card's sampler block; a latent the
+    model does not have, or a malformed value, is one line and writes nothing."""
+    from sam3d_addon import cli
+
+    _, _, checkpoint = exported
+    for bad, message in (("colour=0.5", "names 'colour'"), ("shape", "wants LATENT=FACTOR"),
+                         ("shape=-1", r"in \(0, 10\]")):
+        out = tmp_path / bad.replace("=", "_")
+        assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--noise-scale", bad]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err), err
+        assert err.count("\n") == 1 and not out.exists()
+    out = tmp_path / "cold"
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--noise-scale", "shape=0.5"]) == 0
+    card = load_card(out)
+    assert card.sampler["noise_scale"] == {"shape": 0.5}
+    assert card.sampler["steps"] == 8  # the checkpoint's own sampler block is kept around it

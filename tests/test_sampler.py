@@ -73,6 +73,17 @@ def test_seeded_noise_reproducible_and_cancel():
         FlowSampler(steps=3).sample(lambda *a: {}, {"a": np.zeros(1, np.float32)}, np.ones((1, 1, 1)), cancel=lambda: True)
 
 
+def test_noise_scale_scales_only_the_named_latent_of_the_same_draw():
+    shapes = {"shape": (1, 64, 8), "translation": (1, 1, 3)}
+    plain = initial_noise(shapes, 3)
+    cooled = initial_noise(shapes, 3, {"shape": 0.5})
+    assert np.array_equal(cooled["translation"], plain["translation"])
+    assert np.allclose(cooled["shape"], 0.5 * plain["shape"])
+    assert np.std(cooled["shape"]) == pytest.approx(0.5 * np.std(plain["shape"]), rel=1e-5)
+    with pytest.raises(ValueError, match="rotation"):
+        initial_noise(shapes, 3, {"rotation": 0.5})
+
+
 def test_sampler_from_card_settings_picks_the_shortcut_or_its_reference():
     """One reading of a card's sampler block: a shortcut model runs its few steps unguided, and
     the full-length guided setting it was distilled from when shortcut=False; arguments override."""
@@ -86,3 +97,52 @@ def test_sampler_from_card_settings_picks_the_shortcut_or_its_reference():
     assert (custom.steps, custom.cfg_strength) == (10, 3.0)
     plain = FlowSampler.from_settings({"steps": 25, "cfg_strength": 0.5, "rescale_t": 8.0})  # a texture card
     assert (plain.steps, plain.shortcut, plain.cfg_strength, plain.rescale_t) == (25, False, 0.5, 8.0)
+
+
+def test_card_noise_scale_is_checked_when_the_card_loads():
+    """A bad `sampler.noise_scale` is refused with one line when the card is read, not mid-run."""
+    import json
+
+    from sam3d_addon import contract
+    from sam3d_addon.errors import ModelError
+
+    folder = contract.MODELS_DIR / "tiny"
+    data = json.loads((folder / "model.json").read_text())
+    for bad, message in (({"colour": 0.5}, "names 'colour'"), ({"shape": 0.0}, r"in \(0, 10\]"),
+                         ({"shape": "low"}, r"in \(0, 10\]"), ([0.5], "must map")):
+        data["sampler"]["noise_scale"] = bad
+        with pytest.raises(ModelError, match=message) as err:
+            contract.parse_card(folder, data)
+        assert "\n" not in str(err.value)
+    data["sampler"]["noise_scale"] = {"shape": 0.5}
+    assert contract.parse_card(folder, data).sampler["noise_scale"] == {"shape": 0.5}
+
+
+def test_pipeline_reads_noise_scale_from_the_card(tmp_path):
+    """The shape stream does not attend to the pose tokens, so with (almost) no shape noise the
+    sampled shape no longer depends on the seed; with the card's plain noise it does."""
+    import json
+    import shutil
+
+    from sam3d_addon import contract
+    from sam3d_addon.pipeline import Sam3DPipeline
+    from sam3d_addon.preprocess import prepare_inputs, read_photo, read_mask
+
+    if contract.DEFAULT_MODEL not in contract.available_models():
+        pytest.skip("no shipped model in models/")
+    folder = tmp_path / "cold"
+    shutil.copytree(contract.MODELS_DIR / contract.DEFAULT_MODEL, folder)
+    data = json.loads((folder / "model.json").read_text())
+    data["sampler"]["noise_scale"] = {"shape": 1e-6}
+    (folder / "model.json").write_text(json.dumps(data))
+
+    examples = contract.MODELS_DIR.parent / "examples"
+    rgb = read_photo(examples / "chair.png").rgb
+    mask = read_mask(examples / "chair_mask.png", (rgb.shape[1], rgb.shape[0]))
+    logits = {}
+    for name, model in (("plain", contract.DEFAULT_MODEL), ("cold", folder)):
+        pipe = Sam3DPipeline(model=model, device="cpu", texture_model=None)
+        inputs = prepare_inputs(rgb, mask, pipe.card.input_size, pipe.card.crop_box_factor)
+        logits[name] = [pipe.generate(inputs, seed=seed)["logits"] for seed in (0, 1)]
+    assert np.abs(logits["plain"][0] - logits["plain"][1]).max() > 1.0
+    assert np.abs(logits["cold"][0] - logits["cold"][1]).max() < 1e-2

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..contract import (
-    CONDITION_INPUTS, CONTRACT_NAME, CONTRACT_VERSION, MODALITIES, POSE_DIMS, STAGES, ModelCard, load_card,
+    CONDITION_INPUTS, CONTRACT_NAME, CONTRACT_VERSION, MODALITIES, POSE_DIMS, STAGES, ModelCard, check_noise_scale,
+    load_card,
 )
 from .bundle import ModelBundle, build_models
 from .checkpoint import load_checkpoint
@@ -228,6 +229,7 @@ def build_card(config: ModelConfig, card_fields: dict[str, Any]) -> dict[str, An
             card[key].update(value)
         else:
             card[key] = value
+    check_noise_scale(card["sampler"].get("noise_scale"), "being exported")  # before any file is written
     return card
 
 
@@ -237,9 +239,9 @@ def export_onnx(model_bundle: ModelBundle, out_dir: str | Path, card_fields: dic
     With weights="float16" the bundle's large weights are rounded to float16 precision in place
     (what the files hold)."""
     check_weights(weights)
+    card = build_card(model_bundle.config, card_fields)  # a bad field is refused before the folder exists
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    card = build_card(model_bundle.config, card_fields)
     model_bundle.eval_mode()
     for stage, graph in stage_graphs(model_bundle).items():
         _export_graph(graph, card["io"][stage], out_dir / FILES[stage], opset, weights)

@@ -125,6 +125,7 @@ def resolve_settings(context, model_override: str = "", device_override: str = "
             "bake": bool(settings.bake_texture),
             "photo_projection": bool(settings.photo_projection),
             "fit_layout": bool(settings.fit_layout),
+            "samples": int(settings.samples) or None,
         },
     }
 

@@ -65,6 +65,9 @@ class SAM3D_SceneSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=0, min=0, max=200,
                        description="Sampler steps (0: the default from preferences / the model)")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the sampler")
+    samples: IntProperty(name="Samples", default=0, min=0, max=16,
+                         description="Samples averaged into each shape (0: the model's default); more is "
+                                     "steadier and slower")
     output: EnumProperty(
         name="Output", default="MESH",
         items=[

@@ -52,6 +52,7 @@ def draw_sam3d(layout, context) -> None:
     sub.prop(settings, "device")
     sub.prop(settings, "steps")
     sub.prop(settings, "seed")
+    sub.prop(settings, "samples")
     sub.prop(settings, "output")
     sub.prop(settings, "fit_layout")
     texture = sub.column(heading="Texture")

@@ -48,7 +48,7 @@ def by_category(samples: list[dict], rows: list[dict]) -> dict:
             for name, group in sorted(groups.items())}
 
 
-def model_predict_fn(pipe, shortcut: bool, box_align: bool = True):
+def model_predict_fn(pipe, shortcut: bool, box_align: bool = True, samples: int | None = None):
     from .preprocess import prepare_inputs
 
     card = pipe.card
@@ -57,7 +57,7 @@ def model_predict_fn(pipe, shortcut: bool, box_align: bool = True):
         start = time.perf_counter()
         inputs = prepare_inputs(sample["rgb"], sample["mask"], card.input_size, card.crop_box_factor)
         out = pipe.generate(inputs, seed=int(sample.get("seed", 0)) % (2**31), shortcut=shortcut,
-                            mask=sample["mask"] if box_align else None)
+                            mask=sample["mask"] if box_align else None, samples=samples)
         seconds = time.perf_counter() - start
         return {"occupancy": out["logits"] > card.occupancy_threshold, "R": out["R"], "t": out["t"],
                 "s": out["s"], "seconds": seconds}
@@ -67,9 +67,10 @@ def model_predict_fn(pipe, shortcut: bool, box_align: bool = True):
 
 def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quick: bool = False,
                    limit: int | None = None, box_align: bool = True, split: str = "test",
-                   categories: dict | None = None) -> dict:
+                   categories: dict | None = None, samples: int | None = None) -> dict:
     """The report (exactly REPORT_KEYS per mode, plus n_samples).  Pass a dict as `categories` to
-    receive each mode's per-category means (`by_category`)."""
+    receive each mode's per-category means (`by_category`).  `samples`: how many samples each
+    model prediction averages (default: the card's)."""
     from .baseline import make_baseline_predict_fn
     from .bench_geometry import evaluate
     from .pipeline import Sam3DPipeline
@@ -85,8 +86,8 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
 
     report = {}
     for key, fn in (
-        ("model_4step", model_predict_fn(pipe, shortcut=True, box_align=box_align)),
-        ("model_25step_cfg", model_predict_fn(pipe, shortcut=False, box_align=box_align)),
+        ("model_4step", model_predict_fn(pipe, shortcut=True, box_align=box_align, samples=samples)),
+        ("model_25step_cfg", model_predict_fn(pipe, shortcut=False, box_align=box_align, samples=samples)),
         ("baseline", make_baseline_predict_fn(median_depth, resolution=pipe.card.occupancy_resolution)),
     ):
         print(f"bench geometry: {key} on {len(samples)} samples", file=sys.stderr)
@@ -103,7 +104,7 @@ def bench_geometry_cli(args) -> dict:
     categories = {} if args.by_category else None
     report = bench_geometry(model=args.model or "tiny", data_dir=args.data, quick=args.quick,
                             limit=args.limit, box_align=args.box_align, split=args.split,
-                            categories=categories)
+                            categories=categories, samples=args.samples)
     if args.by_category:
         Path(args.by_category).write_text(json.dumps({"split": args.split, "n_samples": report["n_samples"],
                                                       **categories}, indent=1) + "\n")

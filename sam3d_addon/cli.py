@@ -32,6 +32,9 @@ def _add_3dfy(sub):
                         "imported as a point cloud), or both")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model card's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance strength (non-shortcut mode)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples averaged into each object's shape (default: the model card's; more is steadier "
+                        "and slower)")
     p.add_argument("--no-shortcut", action="store_true", help="plain flow sampling instead of the distilled few-step mode")
     p.add_argument("--fit-layout", action=argparse.BooleanOptionalAction, default=True,
                    help="after sampling, fit each object's translation/scale/yaw to its mask (default: on; "
@@ -161,7 +164,7 @@ def cmd_3dfy(args) -> int:
     result = pipe.run(args.image, args.mask, steps=args.steps, seed=args.seed, cfg_strength=args.cfg,
                       shortcut=False if args.no_shortcut else None, fit_layout=args.fit_layout, box_align=args.box_align,
                       output=args.output, bake=not args.no_bake, photo_projection=args.photo_projection, delight=args.delight,
-                      texture_size=args.texture_size)
+                      texture_size=args.texture_size, samples=args.samples)
     plys = write_gaussian_plys(result, out) if args.output != "mesh" else []
 
     from . import blender_bridge as bridge
@@ -339,6 +342,8 @@ def _add_export(sub):
     p.add_argument("--noise-scale", action="append", default=[], metavar="LATENT=FACTOR",
                    help="scale a latent's starting noise at sampling time, e.g. shape=0.5 (written to the card's "
                         "sampler.noise_scale; repeatable)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples each prediction averages by default (the card's sampler.samples; default 1)")
     p.set_defaults(func=cmd_export)
 
 
@@ -364,6 +369,8 @@ def cmd_export(args) -> int:
         fields["version"] = args.version
     fields.update(_metrics_field(args.metrics))
     fields.update(_noise_scale_field(args.noise_scale))
+    if args.samples is not None:
+        fields.setdefault("sampler", {})["samples"] = args.samples
     if args.random:
         export_random(args.config, args.out, seed=args.seed, weights=args.weights, **fields)
     elif args.checkpoint:
@@ -473,6 +480,8 @@ def _add_bench(sub):
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="bench geometry: the held-out split (default) or training samples (to see the fit)")
     p.add_argument("--limit", type=int, default=None, help="bench geometry: the first N samples of the split")
+    p.add_argument("--samples", type=int, default=None,
+                   help="bench geometry: samples averaged per prediction (default: the model card's)")
     p.set_defaults(func=cmd_bench)
 
 

@@ -63,6 +63,8 @@ DEFAULT_TEXTURE_MODEL = "tiny-texture"
 # Order matters: it is the order of the pose tokens in the flow network (official order).
 POSE_MODALITIES = ("rotation6d", "translation", "scale", "translation_scale")
 POSE_DIMS = {"rotation6d": 6, "translation": 3, "scale": 3, "translation_scale": 1}
+# The most samples a prediction may average (sampler.samples; each is one more batch row).
+MAX_SAMPLES = 16
 MODALITIES = ("shape",) + POSE_MODALITIES
 
 CONDITION_INPUTS = ("image", "mask", "rgb_image", "rgb_image_mask", "pointmap", "rgb_pointmap")
@@ -176,12 +178,17 @@ def parse_card(path: Path, data: dict[str, Any]) -> ModelCard:
     for stage in STAGES:
         _require(data["files"], stage, where)
         _require(data["io"], stage, where)
-    check_noise_scale(data["sampler"].get("noise_scale"), where)
+    check_sampler(data["sampler"], where)
     return ModelCard(path=Path(path), data=data)
 
 
-def check_noise_scale(scale: Any, where: str) -> None:
-    """`sampler.noise_scale` (optional): {latent: factor in (0, 10]} for the starting noise."""
+def check_sampler(sampler: dict, where: str) -> None:
+    """The optional fields of a geometry card's sampler block: `samples` (how many samples a
+    prediction averages, 1..MAX_SAMPLES) and `noise_scale` ({latent: factor in (0, 10]})."""
+    samples = sampler.get("samples", 1)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise ModelError(f"model card {where}: sampler.samples must be a whole number from 1 to {MAX_SAMPLES}.")
+    scale = sampler.get("noise_scale")
     latents = ("shape", *POSE_DIMS)
     if scale is None:
         return

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import pose as pose_mod
 from .box_align import align_pose_to_mask
-from .contract import DEFAULT_TEXTURE_MODEL, POSE_DIMS, available_models, load_card
+from .contract import DEFAULT_TEXTURE_MODEL, MAX_SAMPLES, POSE_DIMS, available_models, load_card
 from .errors import Cancelled, InputError, ModelError
 from .meshing import occupancy_to_mesh
 from .preprocess import Photo, prepare_inputs, read_mask, read_photo
@@ -68,6 +68,13 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     output: str = "mesh"  # what run() was asked for: "mesh", "gaussians" or "both"
+
+
+def check_samples(samples) -> int:
+    """How many samples to average, as an int; raises InputError outside 1..MAX_SAMPLES."""
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be a whole number from 1 to {MAX_SAMPLES}, not {samples!r}.")
+    return int(samples)
 
 
 class Sam3DPipeline:
@@ -124,12 +131,18 @@ class Sam3DPipeline:
                  cfg_strength: float | None = None, shortcut: bool | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  cancel: Callable[[], bool] | None = None, timings: dict | None = None,
-                 mask: np.ndarray | None = None) -> dict:
+                 mask: np.ndarray | None = None, samples: int | None = None) -> dict:
         """Model inputs (batch 1) -> occupancy logits and the decoded pose in the camera frame.
 
         With `mask` (the photo's full-size object mask) the pose is aligned with the mask
         (`box_align`: the turn about the up axis, the scale and the sideways place, in the card's
-        camera); `flow_pose` keeps the sampled (R, t, s)."""
+        camera); `flow_pose` keeps the sampled (R, t, s).
+
+        `samples` (default: the card's `sampler.samples`, else 1) draws that many samples in one
+        batch and returns the mean of their occupancy logits, with the first sample's pose.  Why:
+        each sample commits to one reading of the unseen parts, and their mean keeps what they
+        agree on (README, "Mean of samples").  The first sample is the one `samples=1` returns."""
+        samples = check_samples(self.card.sampler.get("samples", 1) if samples is None else samples)
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
         cond = self.encode(inputs)
@@ -137,10 +150,13 @@ class Sam3DPipeline:
         sampler = FlowSampler.from_settings(self.card.sampler, steps, cfg_strength, shortcut)
         shapes = {"shape": (1, self.card.shape_tokens, self.card.shape_channels)}
         shapes.update({m: (1, 1, n) for m, n in POSE_DIMS.items()})
-        x0 = initial_noise(shapes, seed, self.card.sampler.get("noise_scale"))
-        x = sampler.sample(self.velocity, x0, cond, progress=progress, cancel=cancel)
+        scale = self.card.sampler.get("noise_scale")
+        # Sample k > 0 draws from (seed, k): its own stream, apart from every other seed's.
+        draws = [initial_noise(shapes, seed if k == 0 or seed is None else [seed, k], scale) for k in range(samples)]
+        x0 = {m: np.concatenate([d[m] for d in draws]) for m in shapes}
+        x = sampler.sample(self.velocity, x0, np.repeat(cond, samples, axis=0), progress=progress, cancel=cancel)
         t2 = time.perf_counter()
-        logits = self.decode(x["shape"])[0, 0]
+        logits = self.decode(x["shape"])[:, 0].mean(axis=0)
         R, t, s = pose_mod.decode_pose({m: x[m][0, 0] for m in POSE_DIMS}, self.card.pose)
         flow_pose = (R, t, s)
         if mask is not None:
@@ -157,7 +173,7 @@ class Sam3DPipeline:
             progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
             shortcut: bool | None = None, fit_layout: bool = False, box_align: bool = True, output: str = "mesh",
             bake: bool = True, photo_projection: bool = False, delight: float = 0.0,
-            texture_size: int = 512) -> Result:
+            texture_size: int = 512, samples: int | None = None) -> Result:
         """3Dfy every mask of a photo.  Validates all inputs before any model work.
 
         `fit_layout` runs the layout post-optimisation (`refine.layout`): each object's
@@ -199,6 +215,8 @@ class Sam3DPipeline:
         lo, hi = TEXTURE_SIZE_RANGE
         if not lo <= texture_size <= hi:
             raise InputError(f"texture size must be {lo} to {hi} pixels, not {texture_size}.")
+        if samples is not None:
+            check_samples(samples)
         if bake and photo_projection and self.texture_model is None:
             raise InputError("Photo projection needs the texture stage; no texture model is installed or it is off.")
         timings: dict[str, float] = {}
@@ -233,7 +251,7 @@ class Sam3DPipeline:
             out = self.generate(inputs, seed=None if seed is None else seed + i, steps=steps,
                                 cfg_strength=cfg_strength, shortcut=shortcut,
                                 progress=step_progress, cancel=cancel, timings=timings,
-                                mask=mask if box_align else None)
+                                mask=mask if box_align else None, samples=samples)
             t_mesh = time.perf_counter()
             occupancy = out["logits"] > self.card.occupancy_threshold
             verts, faces = occupancy_to_mesh(out["logits"], level=self.card.occupancy_threshold)

@@ -28,7 +28,7 @@ def rescale_time(t: np.ndarray, r: float) -> np.ndarray:
     return t / (1.0 + (r - 1.0) * (1.0 - t))
 
 
-def initial_noise(shapes: dict[str, tuple[int, ...]], seed: int | None,
+def initial_noise(shapes: dict[str, tuple[int, ...]], seed: int | list[int] | None,
                   scale: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Gaussian noise per latent, drawn in sorted-key order (the official order) from one seed.
 

@@ -380,12 +380,13 @@ def test_3dfy_builds_objects_collection_and_camera(addon, scene, tmp_path):
 def test_3dfy_passes_output_and_texture_settings_to_the_pipeline(addon, scene, tmp_path):
     class OptionsPipeline(FakePipeline):  # a pipeline whose run takes the texture options
         def run(self, image, masks, names=None, steps=None, seed=0, cfg_strength=None, progress=None, cancel=None,
-                output="mesh", bake=True, photo_projection=False, fit_layout=False):
+                output="mesh", bake=True, photo_projection=False, fit_layout=False, samples=None):
             result = super().run(image, masks, names, steps, seed, cfg_strength, progress, cancel)
-            self.calls[-1].update(output=output, bake=bake, photo_projection=photo_projection, fit_layout=fit_layout)
+            self.calls[-1].update(output=output, bake=bake, photo_projection=photo_projection, fit_layout=fit_layout,
+                                  samples=samples)
             return result
 
-    keys = ("output", "bake", "photo_projection", "fit_layout")
+    keys = ("output", "bake", "photo_projection", "fit_layout", "samples")
     # the property's own default (the fixture turns the fit off to keep the other tests fast)
     assert type(scene.sam3d).bl_rna.properties["fit_layout"].default is True
     scene.sam3d.fit_layout = True
@@ -395,12 +396,12 @@ def test_3dfy_passes_output_and_texture_settings_to_the_pipeline(addon, scene, t
     set_inputs(scene, tmp_path)
     assert run_op() == {"FINISHED"}
     assert {k: fake.calls[-1][k] for k in keys} == \
-        {"output": "mesh", "bake": True, "photo_projection": False, "fit_layout": True}  # the defaults
+        {"output": "mesh", "bake": True, "photo_projection": False, "fit_layout": True, "samples": None}  # the defaults
     scene.sam3d.output, scene.sam3d.bake_texture, scene.sam3d.photo_projection = "BOTH", False, True
-    scene.sam3d.fit_layout = False
+    scene.sam3d.fit_layout, scene.sam3d.samples = False, 4
     assert run_op() == {"FINISHED"}
     assert {k: fake.calls[-1][k] for k in keys} == \
-        {"output": "both", "bake": False, "photo_projection": True, "fit_layout": False}
+        {"output": "both", "bake": False, "photo_projection": True, "fit_layout": False, "samples": 4}
 
 
 def test_3dfy_is_one_undo_step(addon, scene, tmp_path):

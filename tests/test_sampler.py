@@ -116,6 +116,12 @@ def test_card_noise_scale_is_checked_when_the_card_loads():
         assert "\n" not in str(err.value)
     data["sampler"]["noise_scale"] = {"shape": 0.5}
     assert contract.parse_card(folder, data).sampler["noise_scale"] == {"shape": 0.5}
+    for bad in (0, 17, 2.5, True, "4"):
+        data["sampler"]["samples"] = bad
+        with pytest.raises(ModelError, match="sampler.samples must be a whole number from 1 to 16"):
+            contract.parse_card(folder, data)
+    data["sampler"]["samples"] = 4
+    assert contract.parse_card(folder, data).sampler["samples"] == 4
 
 
 def test_pipeline_reads_noise_scale_from_the_card(tmp_path):
@@ -146,3 +152,33 @@ def test_pipeline_reads_noise_scale_from_the_card(tmp_path):
         logits[name] = [pipe.generate(inputs, seed=seed)["logits"] for seed in (0, 1)]
     assert np.abs(logits["plain"][0] - logits["plain"][1]).max() > 1.0
     assert np.abs(logits["cold"][0] - logits["cold"][1]).max() < 1e-2
+
+
+def test_mean_of_samples_is_the_mean_of_the_single_samples_logits():
+    """samples=N runs N samples in one batch: its logits are the mean of the N single runs' (sample
+    k > 0 drawn from the seed pair (seed, k)), its pose is the first sample's, and samples=1 is
+    the plain single sample.  A bad count is one line, refused before any model work."""
+    from sam3d_addon import contract
+    from sam3d_addon.errors import InputError
+    from sam3d_addon.pipeline import Sam3DPipeline
+    from sam3d_addon.preprocess import prepare_inputs, read_mask, read_photo
+
+    if contract.DEFAULT_MODEL not in contract.available_models():
+        pytest.skip("no shipped model in models/")
+    examples = contract.MODELS_DIR.parent / "examples"
+    rgb = read_photo(examples / "chair.png").rgb
+    mask = read_mask(examples / "chair_mask.png", (rgb.shape[1], rgb.shape[0]))
+    pipe = Sam3DPipeline(device="cpu", texture_model=None)
+    inputs = prepare_inputs(rgb, mask, pipe.card.input_size, pipe.card.crop_box_factor)
+    singles = [pipe.generate(inputs, seed=seed, samples=1) for seed in (5, [5, 1], [5, 2])]
+    mean3 = pipe.generate(inputs, seed=5, samples=3)
+    assert np.abs(mean3["logits"] - np.mean([o["logits"] for o in singles], axis=0)).max() < 1e-3
+    assert np.abs(singles[0]["logits"] - singles[1]["logits"]).max() > 1.0  # the rows really differ
+    for a, b in zip(mean3["flow_pose"], singles[0]["flow_pose"]):
+        assert np.allclose(a, b, atol=1e-4)
+    default = pipe.card.sampler.get("samples", 1)  # what generate() does when not told
+    expected = singles[0] if default == 1 else pipe.generate(inputs, seed=5, samples=default)
+    assert np.array_equal(pipe.generate(inputs, seed=5)["logits"], expected["logits"])
+    for bad in (0, 17, 2.5):
+        with pytest.raises(InputError, match="samples must be a whole number from 1 to 16"):
+            pipe.run(examples / "chair.png", [examples / "chair_mask.png"], samples=bad)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..contract import (
-    CONDITION_INPUTS, CONTRACT_NAME, CONTRACT_VERSION, MODALITIES, POSE_DIMS, STAGES, ModelCard, check_noise_scale,
+    CONDITION_INPUTS, CONTRACT_NAME, CONTRACT_VERSION, MODALITIES, POSE_DIMS, STAGES, ModelCard, check_sampler,
     load_card,
 )
 from .bundle import ModelBundle, build_models
@@ -229,7 +229,7 @@ def build_card(config: ModelConfig, card_fields: dict[str, Any]) -> dict[str, An
             card[key].update(value)
         else:
             card[key] = value
-    check_noise_scale(card["sampler"].get("noise_scale"), "being exported")  # before any file is written
+    check_sampler(card["sampler"], "being exported")  # before any file is written
     return card
 
 

@@ -76,13 +76,13 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
     from .pipeline import Sam3DPipeline
 
     data_dir = Path(data_dir or DEFAULT_DATA)
-    samples = load_test_samples(data_dir, QUICK_SAMPLES if quick else limit, split)
+    test_samples = load_test_samples(data_dir, QUICK_SAMPLES if quick else limit, split)
     pipe = Sam3DPipeline(model=model, device="cpu")
     median_depth = float(pipe.card.data.get("training", {}).get("median_depth", 0.0))
     if median_depth <= 0:
         raise InputError(f"Model card of '{pipe.card.name}' has no training median depth; the baseline needs it.")
     # Warm the sessions so the first sample's timing is not session creation.
-    model_predict_fn(pipe, True)(samples[0])
+    model_predict_fn(pipe, True, samples=samples)(test_samples[0])
 
     report = {}
     for key, fn in (
@@ -90,13 +90,13 @@ def bench_geometry(model: str = "tiny", data_dir: str | Path | None = None, quic
         ("model_25step_cfg", model_predict_fn(pipe, shortcut=False, box_align=box_align, samples=samples)),
         ("baseline", make_baseline_predict_fn(median_depth, resolution=pipe.card.occupancy_resolution)),
     ):
-        print(f"bench geometry: {key} on {len(samples)} samples", file=sys.stderr)
+        print(f"bench geometry: {key} on {len(test_samples)} samples", file=sys.stderr)
         rows: list[dict] = []
-        metrics = evaluate(fn, samples, per_sample=rows)
+        metrics = evaluate(fn, test_samples, per_sample=rows)
         report[key] = {k: round(float(metrics[k]), 5) for k in REPORT_KEYS}
         if categories is not None:
-            categories[key] = by_category(samples, rows)
-    report["n_samples"] = len(samples)
+            categories[key] = by_category(test_samples, rows)
+    report["n_samples"] = len(test_samples)
     return report
 
 

@@ -73,7 +73,7 @@ class Result:
 def check_samples(samples) -> int:
     """How many samples to average, as an int; raises InputError outside 1..MAX_SAMPLES."""
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_SAMPLES:
-        raise InputError(f"samples must be a whole number from 1 to {MAX_SAMPLES}, not {samples!r}.")
+        raise InputError(f"samples must be a whole number from 1 to {MAX_SAMPLES}, not {repr(samples)[:40]}.")
     return int(samples)
 
 
@@ -187,6 +187,8 @@ class Sam3DPipeline:
         `box_align` (on by default) sets each sampled pose's scale and sideways place so that the
         object's projected box matches its mask's box, choosing its turn about the up axis by how
         well its silhouette then fills the mask (`box_align.py`; ~50-70 ms).
+
+        `samples`: how many samples each object's shape averages (`generate`; default: the card's).
 
         `output`: "mesh", "gaussians" or "both".  With a texture stage the mesh is its refined,
         coloured mesh (2x the occupancy resolution) and the Gaussians come from it too; without one

@@ -248,5 +248,6 @@ def test_bench_geometry_cli_report_keys_categories_and_train_split(small_dataset
         row = written[mode][test_category]
         assert row["n"] == 1 and row["viou"] == pytest.approx(report[mode]["viou"], abs=1e-5)
 
-    assert cli.main(["bench", "geometry", "--json", "--data", str(out), "--split", "train", "--limit", "2"]) == 0
+    assert cli.main(["bench", "geometry", "--json", "--data", str(out), "--split", "train", "--limit", "2",
+                     "--samples", "2"]) == 0  # each prediction the mean of two samples
     assert json.loads(capsys.readouterr().out)["n_samples"] == 2

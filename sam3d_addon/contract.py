@@ -27,6 +27,7 @@ torch or bpy.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,16 +183,20 @@ def parse_card(path: Path, data: dict[str, Any]) -> ModelCard:
     return ModelCard(path=Path(path), data=data)
 
 
+def is_sample_count(value: Any) -> bool:
+    """Whether `value` is a number of samples a prediction may average: a whole number 1..MAX_SAMPLES."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and 1 <= value <= MAX_SAMPLES
+
+
 def check_sampler(sampler: dict, where: str) -> None:
     """The optional fields of a geometry card's sampler block: `samples` (how many samples a
     prediction averages, 1..MAX_SAMPLES) and `noise_scale` ({latent: factor in (0, 10]})."""
-    samples = sampler.get("samples", 1)
-    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+    if not is_sample_count(sampler.get("samples", 1)):
         raise ModelError(f"model card {where}: sampler.samples must be a whole number from 1 to {MAX_SAMPLES}.")
     scale = sampler.get("noise_scale")
-    latents = ("shape", *POSE_DIMS)
     if scale is None:
         return
+    latents = ("shape", *POSE_DIMS)
     if not isinstance(scale, dict):
         raise ModelError(f"model card {where}: sampler.noise_scale must map latent names to numbers.")
     for name, factor in scale.items():

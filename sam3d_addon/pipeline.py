@@ -18,7 +18,7 @@ import numpy as np
 
 from . import pose as pose_mod
 from .box_align import align_pose_to_mask
-from .contract import DEFAULT_TEXTURE_MODEL, MAX_SAMPLES, POSE_DIMS, available_models, load_card
+from .contract import DEFAULT_TEXTURE_MODEL, MAX_SAMPLES, POSE_DIMS, available_models, is_sample_count, load_card
 from .errors import Cancelled, InputError, ModelError
 from .meshing import occupancy_to_mesh
 from .preprocess import Photo, prepare_inputs, read_mask, read_photo
@@ -72,7 +72,7 @@ class Result:
 
 def check_samples(samples) -> int:
     """How many samples to average, as an int; raises InputError outside 1..MAX_SAMPLES."""
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_SAMPLES:
+    if not is_sample_count(samples):
         raise InputError(f"samples must be a whole number from 1 to {MAX_SAMPLES}, not {repr(samples)[:40]}.")
     return int(samples)
 

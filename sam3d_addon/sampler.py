@@ -36,7 +36,7 @@ def initial_noise(shapes: dict[str, tuple[int, ...]], seed: int | list[int] | No
     after the draw, so the other latents' noise is the same draw with or without it.  Why: a
     lower-temperature start for the shape latent pulls the few-step sample towards the
     condition's mean shape, which scored higher voxel IoU on three held-out splits (README,
-    "Noise temperature"); latents not named keep scale 1."""
+    "A cooler start"); latents not named keep scale 1."""
     rng = np.random.default_rng(seed)
     scale = scale or {}
     unknown = sorted(set(scale) - set(shapes))

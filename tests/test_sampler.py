@@ -124,6 +124,17 @@ def test_card_noise_scale_is_checked_when_the_card_loads():
     assert contract.parse_card(folder, data).sampler["samples"] == 4
 
 
+def _chair_inputs(pipe):
+    """The example chair's model inputs for `pipe`."""
+    from sam3d_addon import contract
+    from sam3d_addon.preprocess import prepare_inputs, read_mask, read_photo
+
+    examples = contract.MODELS_DIR.parent / "examples"
+    rgb = read_photo(examples / "chair.png").rgb
+    mask = read_mask(examples / "chair_mask.png", (rgb.shape[1], rgb.shape[0]))
+    return prepare_inputs(rgb, mask, pipe.card.input_size, pipe.card.crop_box_factor)
+
+
 def test_pipeline_reads_noise_scale_from_the_card(tmp_path):
     """The shape stream does not attend to the pose tokens, so with (almost) no shape noise the
     sampled shape no longer depends on the seed; with the card's plain noise it does."""
@@ -132,7 +143,6 @@ def test_pipeline_reads_noise_scale_from_the_card(tmp_path):
 
     from sam3d_addon import contract
     from sam3d_addon.pipeline import Sam3DPipeline
-    from sam3d_addon.preprocess import prepare_inputs, read_photo, read_mask
 
     if contract.DEFAULT_MODEL not in contract.available_models():
         pytest.skip("no shipped model in models/")
@@ -142,13 +152,10 @@ def test_pipeline_reads_noise_scale_from_the_card(tmp_path):
     data["sampler"]["noise_scale"] = {"shape": 1e-6}
     (folder / "model.json").write_text(json.dumps(data))
 
-    examples = contract.MODELS_DIR.parent / "examples"
-    rgb = read_photo(examples / "chair.png").rgb
-    mask = read_mask(examples / "chair_mask.png", (rgb.shape[1], rgb.shape[0]))
     logits = {}
     for name, model in (("plain", contract.DEFAULT_MODEL), ("cold", folder)):
         pipe = Sam3DPipeline(model=model, device="cpu", texture_model=None)
-        inputs = prepare_inputs(rgb, mask, pipe.card.input_size, pipe.card.crop_box_factor)
+        inputs = _chair_inputs(pipe)
         logits[name] = [pipe.generate(inputs, seed=seed)["logits"] for seed in (0, 1)]
     assert np.abs(logits["plain"][0] - logits["plain"][1]).max() > 1.0
     assert np.abs(logits["cold"][0] - logits["cold"][1]).max() < 1e-2
@@ -161,15 +168,12 @@ def test_mean_of_samples_is_the_mean_of_the_single_samples_logits():
     from sam3d_addon import contract
     from sam3d_addon.errors import InputError
     from sam3d_addon.pipeline import Sam3DPipeline
-    from sam3d_addon.preprocess import prepare_inputs, read_mask, read_photo
 
     if contract.DEFAULT_MODEL not in contract.available_models():
         pytest.skip("no shipped model in models/")
     examples = contract.MODELS_DIR.parent / "examples"
-    rgb = read_photo(examples / "chair.png").rgb
-    mask = read_mask(examples / "chair_mask.png", (rgb.shape[1], rgb.shape[0]))
     pipe = Sam3DPipeline(device="cpu", texture_model=None)
-    inputs = prepare_inputs(rgb, mask, pipe.card.input_size, pipe.card.crop_box_factor)
+    inputs = _chair_inputs(pipe)
     singles = [pipe.generate(inputs, seed=seed, samples=1) for seed in (5, [5, 1], [5, 2])]
     mean3 = pipe.generate(inputs, seed=5, samples=3)
     assert np.abs(mean3["logits"] - np.mean([o["logits"] for o in singles], axis=0)).max() < 1e-3

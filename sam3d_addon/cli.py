@@ -214,7 +214,8 @@ def cmd_data(args) -> int:
 def _add_train(sub):
     p = sub.add_parser("train", help="train the geometry model (VAE, encoder pre-training, flow, shortcut distillation)")
     p.add_argument("--config", default="tiny")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, action="append",
+                   help="a `sam3d data` directory or a `sam3d pack`; repeat to train on several as one set")
     p.add_argument("--out", default="runs/tiny")
     p.add_argument("--minutes", default=None, metavar="VAE,ENCODER,FLOW,DISTILL",
                    help="time budget per stage in minutes; step counts are fitted to it")

@@ -71,6 +71,44 @@ def test_pack_round_trip_is_exact_but_for_the_jpeg_photos(fake_data, tmp_path):
     assert TrainingData(tmp_path / "pack").fov_deg() == 50.0
 
 
+
+def _fake_data_set(root, seed, n_train, fov=50.0):
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    for i in range(n_train):
+        sample = _fake_sample(rng, i)
+        sample["fov_deg"] = np.float32(fov)
+        np.savez_compressed(root / "train" / f"{i:06d}.npz", **sample)
+    (root / "meta.json").write_text(json.dumps({"format": "sam3d-blender/data", "n_train": n_train, "n_test": 0,
+                                                "seed": seed}))
+    return root
+
+
+def test_several_data_sets_are_read_in_order_as_one(fake_data, tmp_path):
+    """`train --data A --data B`: a pack and a directory read as one set, in order; the limit counts
+    across them; the meta sums the counts and lists the seeds; a repeated set or another camera is
+    refused in one line."""
+    make_pack(fake_data, tmp_path / "pack", input_size=84, point_size=16, quality=95, chunk_size=4)
+    other = _fake_data_set(tmp_path / "other", seed=8, n_train=4)
+    data = TrainingData([tmp_path / "pack", other])
+    both = data.load("train", 84, 16)
+    first = load_pack_split(tmp_path / "pack", "train", 84, 16)
+    second = load_split(other, "train", 84, point_size=16)
+    assert len(both) == 14 and both.paths == first.paths + second.paths
+    np.testing.assert_array_equal(both.occupancy, np.concatenate([first.occupancy, second.occupancy]))
+    np.testing.assert_array_equal(both.images["image"][10:], second.images["image"])
+    np.testing.assert_array_equal(both.translation[:10], first.translation)
+    assert len(data.load("train", 84, 16, limit=12)) == 12 and len(data.load("train", 84, 16, limit=7)) == 7
+    assert len(data.load("test", 84, 16)) == 3  # only the first set has a test split
+    assert data.meta["n_train"] == 14 and data.meta["seed"] == [7, 8]
+    assert data.source() == f"{fake_data} + {other}" and data.fov_deg() == 50.0
+    with pytest.raises(InputError, match="twice"):
+        TrainingData([other, tmp_path / "other"])
+    with pytest.raises(InputError, match="different fields of view"):
+        TrainingData([other, _fake_data_set(tmp_path / "wide", seed=9, n_train=2, fov=65.0)])
+    with pytest.raises(InputError, match="no train/ split"):
+        TrainingData([other, tmp_path / "missing"])
+
 def test_points_at_the_embedders_pixels_give_the_same_condition_tokens(fake_data):
     """Point maps stored at 16 px (the pixels the point embedder's nearest resize reads) give the
     condition encoder exactly the input the full 84 px map gives."""
@@ -246,8 +284,10 @@ def test_train_init_goes_on_from_a_trained_model_at_the_flow_stage(fake_data, tm
     error = capsys.readouterr().err
     assert error.startswith("sam3d: error: Cannot read checkpoint") and error.count("\n") == 1
     assert not (tmp_path / "bad").exists()
-    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "b"), "--init", str(first),
-                 "--steps", "5,5,3,2"] + small) == 0
+    # going on, on the first set and a second one together (`--data` repeated)
+    more = _fake_data_set(tmp_path / "more", seed=8, n_train=4)
+    assert main(["train", "--data", str(fake_data), "--data", str(more), "--out", str(tmp_path / "b"),
+                 "--init", str(first), "--steps", "5,5,3,2"] + small) == 0
     assert "resuming" not in capsys.readouterr().err
     _, a = load_checkpoint(first)
     _, b = load_checkpoint(tmp_path / "b" / "model.pt")
@@ -256,6 +296,8 @@ def test_train_init_goes_on_from_a_trained_model_at_the_flow_stage(fake_data, tm
     assert any(not torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
     assert b["latent_mean"] == a["latent_mean"] and b["pose_stats"] == a["pose_stats"]
     meta = b["meta"]
+    assert meta["train_samples"] == 14 and meta["data"] == f"{fake_data} + {tmp_path / 'more'}"
+    assert meta["data_meta"]["seed"] == [7, 8] and meta["data_meta"]["n_train"] == 14
     assert meta["init"]["checkpoint"] == str(first) and meta["init"]["train_samples"] == 10
     assert meta["steps_run"] == {"init_vae": 2, "init_encoder": 1, "init_flow": 2, "init_distill": 1,
                                  "flow": 3, "distill": 2}

@@ -11,6 +11,7 @@ the encoder the very same input at 1/27 of the memory.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,10 +118,10 @@ def pose_statistics(arrays: GeometryArrays) -> dict[str, list[float]]:
     return stats
 
 
-class TrainingData:
-    """Where `sam3d train` reads its samples: a `sam3d data` directory, or a training pack made
-    from one (`sam3d pack`, see train/pack.py), which needs neither Blender's output files nor
-    the preprocessing at load time."""
+class _DataSource:
+    """One place `sam3d train` reads samples from: a `sam3d data` directory, or a training pack
+    made from one (`sam3d pack`, see train/pack.py), which needs neither Blender's output files
+    nor the preprocessing at load time."""
 
     def __init__(self, path: str | Path):
         from . import pack
@@ -149,10 +150,82 @@ class TrainingData:
         if self.pack is not None:
             return float(self.pack["fov_deg"])
         paths = list_samples(self.path, "train")
+        if not paths:
+            raise InputError(f"{self.path}/train holds no samples yet.")
         return float(load_sample(paths[0])["fov_deg"])
 
     def source(self) -> str:
-        """What the card's training.data says."""
         if self.pack is not None:
             return self.pack.get("source", str(self.path))
         return str(self.path)
+
+
+def concatenate_arrays(parts: list[GeometryArrays]) -> GeometryArrays:
+    """Several data sets' arrays as one, in order (their grids must share a resolution)."""
+    parts = [p for p in parts if len(p)] or parts[:1]
+    if len(parts) == 1:
+        return parts[0]
+    shapes = {p.occupancy.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise InputError(f"The data sets' occupancy grids differ ({', '.join(str(s[0]) + '³' for s in sorted(shapes))}); "
+                         "train on data of one resolution.")
+    return GeometryArrays(
+        images={k: np.concatenate([p.images[k] for p in parts]) for k in parts[0].images},
+        points={k: np.concatenate([p.points[k] for p in parts]) for k in parts[0].points},
+        occupancy=np.concatenate([p.occupancy for p in parts]),
+        rotation=np.concatenate([p.rotation for p in parts]),
+        translation=np.concatenate([p.translation for p in parts]),
+        scale=np.concatenate([p.scale for p in parts]),
+        paths=[q for p in parts for q in p.paths],
+    )
+
+
+class TrainingData:
+    """Where `sam3d train` reads its samples: one or more `sam3d data` directories or training
+    packs (`--data` repeated), read in order as one set.  Several at once let a run see every
+    seed made so far together rather than one after another (a run on one new seed forgets part
+    of the old ones; README: "The model")."""
+
+    def __init__(self, paths: str | Path | list):
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths:
+            raise InputError("No --data given.")
+        resolved = [Path(p).resolve() for p in paths]
+        if len(set(resolved)) < len(resolved):
+            raise InputError("The same --data is given twice; each data set counts once.")
+        self.sources = [_DataSource(p) for p in paths]  # each checked: a bad --data changes nothing
+        if len(self.sources) == 1:
+            self.meta = self.sources[0].meta
+        else:
+            fovs = {round(s.fov_deg(), 4) for s in self.sources}
+            if len(fovs) > 1:
+                raise InputError(f"The --data sets were rendered with different fields of view "
+                                 f"({', '.join(f'{f:g}°' for f in sorted(fovs))}); train on one camera.")
+            metas = [s.meta for s in self.sources]
+            self.meta = {key: [m.get(key) for m in metas] for key in ("seed", "version")}
+            for key in ("n_train", "n_test"):
+                if all(isinstance(m.get(key), int) for m in metas):
+                    self.meta[key] = sum(m[key] for m in metas)
+            for key in ("resolution", "fov_deg"):
+                values = {json.dumps(m.get(key), sort_keys=True) for m in metas}
+                if len(values) == 1 and metas[0].get(key) is not None:
+                    self.meta[key] = metas[0][key]
+
+    def load(self, split: str, input_size: int, point_size: int, limit: int | None = None,
+             progress=None) -> GeometryArrays:
+        """The split of every source, in order; `limit` counts samples across them."""
+        parts = []
+        for source in self.sources:
+            left = None if not limit else limit - sum(len(p) for p in parts)
+            if left is not None and left <= 0:
+                break
+            parts.append(source.load(split, input_size, point_size, limit=left, progress=progress))
+        return concatenate_arrays(parts)
+
+    def fov_deg(self) -> float:
+        return self.sources[0].fov_deg()
+
+    def source(self) -> str:
+        """What the card's training.data says."""
+        return " + ".join(s.source() for s in self.sources)
+

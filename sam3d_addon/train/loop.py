@@ -395,14 +395,14 @@ def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_eve
 
 
 class Trainer:
-    def __init__(self, config_name: str, data_dir: Path, out: Path, seed: int = 0,
+    def __init__(self, config_name: str, data_dir: Path | list[Path], out: Path, seed: int = 0,
                  schedule: Schedule | None = None, limit: int | None = None, device: str = "cpu",
                  stop_after_minutes: float | None = None, init: str | Path | None = None):
         self.config_name = config_name
         self.schedule = schedule or SCHEDULES[config_name]
         self.limit = limit
         self.data = TrainingData(data_dir)  # checks the data first: a bad --data changes nothing
-        self.data_dir, self.out, self.seed = Path(data_dir), Path(out), seed
+        self.out, self.seed = Path(out), seed
         self.device = torch.device(device)
         self.deadline = None if stop_after_minutes is None else time.time() + 60.0 * stop_after_minutes
         torch.manual_seed(seed)
@@ -569,7 +569,7 @@ class Trainer:
         print(f"train: {len(arrays)} training samples loaded in {time.time() - t0:.0f} s "
               f"(device {self.device})", file=sys.stderr)
         if len(arrays) < 8:
-            raise InputError(f"Only {len(arrays)} training samples in {self.data_dir}; generate more with `sam3d data`.")
+            raise InputError(f"Only {len(arrays)} training samples in {self.data.source()}; generate more with `sam3d data`.")
         self.pose_stats = self.pose_stats or pose_statistics(arrays)
         self.fov_deg = self.data.fov_deg()
         if self.state.get("encoder_refit") == "pending":
@@ -900,7 +900,7 @@ def train_main(args) -> int:
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the tiny model's matmuls: TF32 is ample
         torch.backends.cudnn.allow_tf32 = True
-    trainer = Trainer(args.config, Path(args.data), Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit,
+    trainer = Trainer(args.config, [Path(d) for d in args.data], Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit,
                       device=device, stop_after_minutes=stop_after, init=args.init)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     try:

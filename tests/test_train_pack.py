@@ -411,3 +411,26 @@ def test_average_mixes_a_run_with_the_model_it_went_on_from_and_refuses_another_
                  "--out", str(twice)]) == 0
     _, e = load_checkpoint(twice)
     assert e["meta"]["weight_average"]["checkpoint_was"]["checkpoint_weight"] == 0.25
+    # --parts: the named parts are mixed, every other weight is the --with model's
+    from sam3d_addon.train.average import flow_part
+
+    some = tmp_path / "f" / "model.pt"
+    assert main(["average", "--checkpoint", str(tmp_path / "b" / "model.pt"), "--with", str(tmp_path / "a" / "model.pt"),
+                 "--weight", "0.5", "--parts", "shape,encoder,layout", "--out", str(some)]) == 0
+    _, f = load_checkpoint(some)
+    seen = set()
+    for name in ("condition_encoder", "generator"):
+        for key, value in b[name].items():
+            if not value.is_floating_point():
+                continue
+            part = "encoder" if name == "condition_encoder" else flow_part(key)
+            seen.add(part)
+            share = 0.5 if part in ("shape", "encoder", "layout") else 0.0
+            assert torch.allclose(f[name][key], share * value + (1 - share) * a[name][key], atol=1e-6), (name, key)
+    assert seen == {"encoder", "layout", "shape", "pose", "time"}  # every flow weight has a part
+    assert f["meta"]["weight_average"]["parts"] == ["shape", "encoder", "layout"]
+    capsys.readouterr()
+    assert main(["average", "--checkpoint", str(tmp_path / "b" / "model.pt"), "--with", str(tmp_path / "a" / "model.pt"),
+                 "--parts", "shape,wings", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--parts takes" in err and len(err.splitlines()) == 1 and not bad.exists()

@@ -25,6 +25,10 @@ from ..errors import InputError
 from ..nn.checkpoint import load_checkpoint, save_checkpoint
 
 AVERAGED = ("condition_encoder", "generator")
+MUST_MATCH = ("decoder", "encoder")
+# The shipped graphs store large weights rounded to float16 (export), so a rebuilt model and the
+# checkpoint it was exported from differ by up to half a float16 step; more means another VAE.
+MATCH_TOL = 1e-2
 # The parts `--parts` names: the condition encoder, and the flow's parameters by what reads them.
 PARTS = ("encoder", "layout", "shape", "pose", "time")
 SHAPE_MODALITY = "shape"
@@ -54,10 +58,6 @@ def parse_parts(text: str) -> tuple[str, ...]:
     if unknown or not names:
         raise InputError(f"--parts takes 'all' or some of {', '.join(PARTS)}; got '{text}'.")
     return names
-MUST_MATCH = ("decoder", "encoder")
-# The shipped graphs store large weights rounded to float16 (export), so a rebuilt model and the
-# checkpoint it was exported from differ by up to half a float16 step; more means another VAE.
-MATCH_TOL = 1e-2
 
 
 def _reference(path: Path):
@@ -105,8 +105,9 @@ def average_checkpoint(checkpoint_path, other, weight: float, out_path, parts=PA
         raise InputError(f"{checkpoint_path} and {other} normalise the latent differently; they cannot be averaged.")
     if _stat_gap(checkpoint["pose_stats"], other_facts["pose_stats"]) > 1e-4:
         raise InputError(f"{checkpoint_path} and {other} normalise the pose differently; they cannot be averaged.")
+
     def share(module_name: str, key: str) -> float:
-        if set(parts) == set(PARTS):
+        if set(parts) == set(PARTS):  # everything: no need to name each parameter's part
             return weight
         part = "encoder" if module_name == "condition_encoder" else flow_part(key)
         return weight if part in parts else 0.0

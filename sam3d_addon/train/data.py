@@ -11,7 +11,6 @@ the encoder the very same input at 1/27 of the memory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,9 +206,9 @@ class TrainingData:
                 if all(isinstance(m.get(key), int) for m in metas):
                     self.meta[key] = sum(m[key] for m in metas)
             for key in ("resolution", "fov_deg"):
-                values = {json.dumps(m.get(key), sort_keys=True) for m in metas}
-                if len(values) == 1 and metas[0].get(key) is not None:
-                    self.meta[key] = metas[0][key]
+                values = [m.get(key) for m in metas]
+                if values[0] is not None and all(v == values[0] for v in values):
+                    self.meta[key] = values[0]
 
     def load(self, split: str, input_size: int, point_size: int, limit: int | None = None,
              progress=None) -> GeometryArrays:

@@ -395,13 +395,13 @@ def train_stage(owner, name, total, params, lr, step_fn, resume, budget, log_eve
 
 
 class Trainer:
-    def __init__(self, config_name: str, data_dir: Path | list[Path], out: Path, seed: int = 0,
+    def __init__(self, config_name: str, data_paths: Path | list[Path], out: Path, seed: int = 0,
                  schedule: Schedule | None = None, limit: int | None = None, device: str = "cpu",
                  stop_after_minutes: float | None = None, init: str | Path | None = None):
         self.config_name = config_name
         self.schedule = schedule or SCHEDULES[config_name]
         self.limit = limit
-        self.data = TrainingData(data_dir)  # checks the data first: a bad --data changes nothing
+        self.data = TrainingData(data_paths)  # checks the data first: a bad --data changes nothing
         self.out, self.seed = Path(out), seed
         self.device = torch.device(device)
         self.deadline = None if stop_after_minutes is None else time.time() + 60.0 * stop_after_minutes

@@ -650,7 +650,10 @@ class Trainer:
     def _encode_latents(self, arrays, mirrored: bool) -> np.ndarray:
         self.bundle.encoder.eval()
         out = []
+        # ~15 ms a grid on 2 CPU cores: 50,000 samples (twice with hflip) take minutes, so show it
+        t0, total = time.time(), -(-len(arrays) // 64)
         for i in range(0, len(arrays), 64):
+            _progress("latents" + (" (mirrored)" if mirrored else ""), i // 64 + 1, total, None, t0, 0)
             grids = arrays.occupancy[i:i + 64]
             grids = grids[:, ::-1] if mirrored else grids
             occ = torch.from_numpy(grids.astype(np.float32))[:, None].to(self.device)

@@ -651,10 +651,11 @@ class Trainer:
         self.bundle.encoder.eval()
         out = []
         # ~15 ms a grid on 2 CPU cores: 50,000 samples (twice with hflip) take minutes, so show it
-        t0, total = time.time(), -(-len(arrays) // 64)
-        for i in range(0, len(arrays), 64):
-            _progress("latents" + (" (mirrored)" if mirrored else ""), i // 64 + 1, total, None, t0, 0)
-            grids = arrays.occupancy[i:i + 64]
+        batch = 64
+        t0, total = time.time(), -(-len(arrays) // batch)
+        for i in range(0, len(arrays), batch):
+            _progress("latents" + (" (mirrored)" if mirrored else ""), i // batch + 1, total, None, t0, 0)
+            grids = arrays.occupancy[i:i + batch]
             grids = grids[:, ::-1] if mirrored else grids
             occ = torch.from_numpy(grids.astype(np.float32))[:, None].to(self.device)
             mean, _ = self.bundle.encoder(occ)

@@ -217,13 +217,15 @@ def _add_train(sub):
     p.add_argument("--data", required=True, action="append",
                    help="a `sam3d data` directory or a `sam3d pack`; repeat to train on several as one set")
     p.add_argument("--out", default="runs/tiny")
-    p.add_argument("--minutes", default=None, metavar="VAE,ENCODER,FLOW,DISTILL",
+    p.add_argument("--minutes", default=None, metavar="VAE,ENCODER,FLOW,DISTILL[,DECODER]",
                    help="time budget per stage in minutes; step counts are fitted to it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train (auto: CUDA when torch sees a GPU)")
-    p.add_argument("--stages", default="vae,encoder,flow,distill")
-    p.add_argument("--steps", default=None, metavar="VAE,ENCODER,FLOW,DISTILL",
+    p.add_argument("--stages", default="vae,encoder,flow,distill",
+                   help="the stages to run, in order: vae,encoder,flow,distill,decoder (decoder: fit the "
+                        "structure decoder to the distilled sampler's own samples; only when named)")
+    p.add_argument("--steps", default=None, metavar="VAE,ENCODER,FLOW,DISTILL[,DECODER]",
                    help="override the schedule's step counts, e.g. 20,20,20,10 for a smoke run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one schedule value, e.g. --set flow_batch=256 (repeatable; the card records them)")

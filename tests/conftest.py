@@ -20,6 +20,13 @@ if "BLENDER_USER_RESOURCES" not in os.environ:
     os.environ["BLENDER_USER_RESOURCES"] = _user_resources
     atexit.register(shutil.rmtree, _user_resources, ignore_errors=True)
 
+# Training keeps encoded latents between runs (sam3d_addon/train/latent_cache.py); tests keep
+# theirs in a temporary folder, never in the user's ~/.cache.
+if "SAM3D_LATENT_CACHE" not in os.environ:
+    _latent_cache = tempfile.mkdtemp(prefix="sam3d_latents_")
+    os.environ["SAM3D_LATENT_CACHE"] = _latent_cache
+    atexit.register(shutil.rmtree, _latent_cache, ignore_errors=True)
+
 REPO = Path(__file__).resolve().parent.parent
 
 

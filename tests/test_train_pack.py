@@ -301,6 +301,10 @@ def test_train_init_goes_on_from_a_trained_model_at_the_flow_stage(fake_data, tm
     assert meta["init"]["checkpoint"] == str(first) and meta["init"]["train_samples"] == 10
     assert meta["steps_run"] == {"init_vae": 2, "init_encoder": 1, "init_flow": 2, "init_distill": 1,
                                  "flow": 3, "distill": 2}
+    # a second run from the same model on the same grids reads the latents it would encode
+    assert main(["train", "--data", str(fake_data), "--data", str(more), "--out", str(tmp_path / "c"),
+                 "--init", str(first), "--steps", "5,5,1,1"] + small) == 0
+    assert "14 latents read from the cache" in capsys.readouterr().err
 
 
 def test_train_init_from_a_model_folder_rebuilds_it_and_refits_a_missing_encoder(fake_data, tmp_path, capsys):
@@ -434,3 +438,110 @@ def test_average_mixes_a_run_with_the_model_it_went_on_from_and_refuses_another_
                  "--parts", "shape,wings", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--parts takes" in err and len(err.splitlines()) == 1 and not bad.exists()
+
+
+def test_decoder_stage_fits_only_the_decoder_to_the_flows_own_samples(fake_data, tmp_path, capsys):
+    """`--init RUN --stages decoder`: only the structure decoder moves, towards the true grids of
+    the photos from the flow's 4-step samples (its loss there falls); the card records the stage
+    and the sampler's noise factor it was fitted for."""
+    pytest.importorskip("torch")
+    import torch
+
+    from sam3d_addon.cli import main
+    from sam3d_addon.contract import POSE_DIMS
+    from sam3d_addon.nn.bundle import sample_flow
+    from sam3d_addon.nn.checkpoint import load_checkpoint
+    from sam3d_addon.nn.vae import tokens_to_grid
+    from sam3d_addon.sampler import initial_noise
+    from sam3d_addon.train.loop import Batches, occupancy_loss
+
+    small = ["--device", "cpu", "--set", "vae_batch=2", "--set", "encoder_batch=2", "--set", "flow_batch=2",
+             "--set", "distill_batch=2"]
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "a"), "--steps", "2,1,2,1"] + small) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(fake_data), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "model.pt"),
+                 "--stages", "decoder", "--steps", "0,0,0,0,40", "--set", "decoder_batch=4",
+                 "--set", "decoder_lr=0.003", "--set", "shape_noise_scale=0.5", "--set", "hflip=0.5"] + small) == 0
+    bundle_a, a = load_checkpoint(tmp_path / "a" / "model.pt")
+    bundle_b, b = load_checkpoint(tmp_path / "b" / "model.pt")
+    for name in ("condition_encoder", "generator", "encoder"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    assert any(not torch.equal(a["decoder"][k], b["decoder"][k]) for k in a["decoder"])
+    assert b["meta"]["steps_run"] == {"init_vae": 2, "init_encoder": 1, "init_flow": 2, "init_distill": 1, "decoder": 40}
+    assert b["sampler"]["noise_scale"] == {"shape": 0.5} and "noise_scale" not in a["sampler"]
+
+    # On fresh draws of the flow's samples of the training photos, the new decoder fits the true
+    # grids better than the VAE's.
+    arrays = TrainingData(fake_data).load("train", 84, 16)
+    batches = Batches(arrays, None, None, seed=99)
+    pick = batches.indices(10)
+    cfg = bundle_a.config
+    shapes = {"shape": (10, cfg.flow.shape_tokens, cfg.flow.shape_channels)}
+    shapes.update({m: (10, 1, k) for m, k in POSE_DIMS.items()})
+    with torch.no_grad():
+        cond = bundle_a.condition_encoder(**batches.condition_inputs(pick, p_drop_points=1.0))
+        x = sample_flow(bundle_a, cond, initial_noise(shapes, 5, {"shape": 0.5}), b["sampler"])
+        z = torch.from_numpy(x["shape"]) * torch.tensor(a["latent_std"]) + torch.tensor(a["latent_mean"])
+        grid = tokens_to_grid(z, cfg.vae.latent_resolution)
+        before = occupancy_loss(bundle_a.decoder(grid), batches.occupancy(pick), 1.0)[0].item()
+        after = occupancy_loss(bundle_b.decoder(grid), batches.occupancy(pick), 1.0)[0].item()
+    assert after < 0.9 * before
+
+
+def test_occupancy_loss_is_zero_for_a_sure_right_grid_and_counts_the_iou():
+    pytest.importorskip("torch")
+    import torch
+
+    from sam3d_addon.train.loop import occupancy_loss
+
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[..., :2, :, :] = 1.0  # half the grid
+    loss, parts = occupancy_loss(40.0 * (2 * target - 1), target, 1.0)
+    assert loss.item() < 1e-6 and parts["soft_iou"] == pytest.approx(1.0)
+    # all "occupied" at p = 1: IoU 0.5, BCE 40 on the empty half
+    loss, parts = occupancy_loss(torch.full_like(target, 40.0), target, 1.0)
+    assert parts["soft_iou"] == pytest.approx(0.5) and parts["bce"] == pytest.approx(20.0, rel=1e-4)
+    assert loss.item() == pytest.approx(20.5, rel=1e-4)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--minutes", "1,2,3"], "takes 4 to 5 numbers"),
+    (["--steps", "1,2,3,4,5,6"], "takes 4 to 5 integers"),
+    (["--stages", "flow,decoda"], "unknown stage 'decoda'"),
+])
+def test_train_rejects_bad_stage_lists(fake_data, tmp_path, bad, message):
+    pytest.importorskip("torch")
+    from sam3d_addon.cli import build_parser
+    from sam3d_addon.train.loop import train_main
+
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=message):
+        train_main(build_parser().parse_args(["train", "--data", str(fake_data), "--out", str(out)] + bad))
+    assert not out.exists()
+
+
+def test_latent_cache_key_follows_the_encoder_the_grids_the_mirror_and_the_device(tmp_path, monkeypatch):
+    from sam3d_addon.train import latent_cache
+
+    monkeypatch.setenv(latent_cache.ENV, str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    state = {"a.weight": rng.normal(size=(4, 3)).astype(np.float32), "a.bias": np.zeros(4, np.float32)}
+    grids = rng.random((5, 8, 8, 8)) < 0.3
+    key = latent_cache.cache_key(state, grids, False, "cpu")
+    assert key == latent_cache.cache_key({k: v.copy() for k, v in state.items()}, grids.copy(), False, "cpu")
+    moved = dict(state, **{"a.bias": np.full(4, 1e-6, np.float32)})
+    flipped = grids.copy()
+    flipped[3, 1, 2, 3] ^= True
+    others = {latent_cache.cache_key(moved, grids, False, "cpu"), latent_cache.cache_key(state, flipped, False, "cpu"),
+              latent_cache.cache_key(state, grids, True, "cpu"), latent_cache.cache_key(state, grids, False, "cuda")}
+    assert key not in others and len(others) == 4
+    latents = rng.normal(size=(5, 64, 8)).astype(np.float32)
+    assert latent_cache.load(key, 5) is None
+    assert latent_cache.save(key, latents) == tmp_path / "cache" / f"{key}.npy"
+    assert np.array_equal(latent_cache.load(key, 5), latents)
+    assert latent_cache.load(key, 6) is None  # another count is a miss
+    (tmp_path / "cache" / f"{key}.npy").write_bytes(b"cut off")
+    assert latent_cache.load(key, 5) is None  # a damaged file is a miss
+    assert not list((tmp_path / "cache").glob("*.partial.npy"))
+    monkeypatch.setenv(latent_cache.ENV, "off")
+    assert latent_cache.save(key, latents) is None and latent_cache.load(key, 5) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,3 +44,24 @@ def build_models(config_name: str, device: str | torch.device | None = None) -> 
             decoder=StructureDecoder(config.vae),
             encoder=StructureEncoder(config.vae),
         )
+
+
+@torch.no_grad()
+def sample_flow(bundle: ModelBundle, cond: torch.Tensor, noise: dict[str, np.ndarray], sampler: dict) -> dict[str, np.ndarray]:
+    """The flow's samples for condition tokens `cond` [B, N, C] from starting `noise` (as
+    sampler.initial_noise draws it), with the runtime's own FlowSampler and a card-style
+    `sampler` section (shortcut mode): training code that needs the model's samples (the encoder
+    refit, the decoder stage) samples exactly as the add-on does, only with torch's velocity on
+    cond's device.  Returns numpy arrays (normalised latents, as the sampler leaves them)."""
+    from ..sampler import FlowSampler
+
+    device = cond.device
+    generator = bundle.generator
+
+    def velocity(x, t, d, c):
+        put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        out = generator({m: put(v) for m, v in x.items()}, put(t), put(c), put(d))
+        return {m: v.float().cpu().numpy() for m, v in out.items()}
+
+    flow_sampler = FlowSampler.from_settings(sampler, shortcut=True)
+    return flow_sampler.sample(velocity, noise, cond.float().cpu().numpy())

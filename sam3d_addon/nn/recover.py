@@ -220,30 +220,25 @@ def flow_anchors(bundle, latent_mean, latent_std, sampler: dict, images: dict[st
     occupancies: (occupancy bool [M, R, R, R], normalised latents [M, T, C]).  They pin a
     refitted encoder to the latent space the flow was trained in (see refit_encoder)."""
     from ..contract import POSE_DIMS
-    from ..sampler import FlowSampler, initial_noise
+    from ..sampler import initial_noise
     from ..train.data import condition_tensors
+    from .bundle import sample_flow
     from .vae import tokens_to_grid
 
     cfg = bundle.config
-    flow_sampler = FlowSampler.from_settings(sampler, shortcut=True)
     mean = torch.tensor(latent_mean, dtype=torch.float32)
     std = torch.tensor(latent_std, dtype=torch.float32)
     bundle.eval_mode()
-
-    def velocity(x, t, d, cond):
-        out = bundle.generator({m: torch.from_numpy(v) for m, v in x.items()}, torch.from_numpy(t),
-                               torch.from_numpy(cond), torch.from_numpy(d))
-        return {m: v.numpy() for m, v in out.items()}
 
     total = len(next(iter(images.values())))
     occupancy, latents = [], []
     for start in range(0, total, batch):
         inputs = condition_tensors({k: v[start:start + batch] for k, v in images.items()})
-        cond = bundle.condition_encoder(**inputs).numpy()
+        cond = bundle.condition_encoder(**inputs)
         n = len(cond)
         shapes = {"shape": (n, cfg.flow.shape_tokens, cfg.flow.shape_channels)}
         shapes.update({m: (n, 1, k) for m, k in POSE_DIMS.items()})
-        x = flow_sampler.sample(velocity, initial_noise(shapes, seed + start), cond)
+        x = sample_flow(bundle, cond, initial_noise(shapes, seed + start), sampler)
         z = torch.from_numpy(x["shape"])
         logits = bundle.decoder(tokens_to_grid(z * std + mean, cfg.vae.latent_resolution))
         occupancy.append(logits[:, 0].numpy() > 0)

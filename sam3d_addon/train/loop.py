@@ -1,4 +1,4 @@
-"""`sam3d train`: the geometry model's training recipe, in four stages.
+"""`sam3d train`: the geometry model's training recipe, in four stages and an optional fifth.
 
 1. VAE: occupancy grid -> latent grid -> occupancy logits (BCE + a small KL term).
 2. Encoder: the condition encoder is pre-trained with a small regression probe that predicts the
@@ -16,6 +16,9 @@
    average velocity of two CFG-guided steps of size d taken by a frozen teacher (the stage-2 model
    at d = 0 for the smallest level, the student itself, stop-grad, above), plus the flow-matching
    term at d = 0, so 4 steps replace 25.
+5. Decoder (only when `--stages` names it; e.g. `--init models/tiny --stages decoder` on samples
+   the flow has not seen): the structure decoder is fitted to the shortcut sampler's own samples
+   of the training photos, with the true occupancy as target (`Trainer.train_decoder`).
 
 Every stage checkpoints to OUT/state.pt (resumable: rerun the same command) and appends to
 OUT/train_log.jsonl; the final model goes to OUT/model.pt in the export format of
@@ -39,10 +42,12 @@ import torch.nn.functional as F
 
 from ..contract import POSE_DIMS
 from ..errors import InputError
-from ..nn.bundle import ModelBundle, build_models
+from ..nn.bundle import ModelBundle, build_models, sample_flow
 from ..nn.checkpoint import save_checkpoint
 from ..nn.vae import grid_to_tokens, tokens_to_grid
 from ..pose import encode_pose
+from ..sampler import initial_noise
+from . import latent_cache
 from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, TrainingData, condition_tensors, pose_statistics
 
 
@@ -91,9 +96,22 @@ class Schedule:
     refit_batch: int = 16
     refit_lr: float = 1e-3
     refit_anchors: int = 2048
+    # The decoder stage (`--stages decoder`, after distillation): the structure decoder is fitted
+    # to the shortcut sampler's own samples of the training photos, the true occupancy as target
+    # (Trainer.train_decoder says why).  Off unless named in --stages.
+    decoder_steps: int = 2000
+    decoder_batch: int = 32
+    decoder_lr: float = 1e-4
+    decoder_iou_weight: float = 1.0  # the soft-IoU term beside the per-voxel BCE
+    # The shape latent's starting-noise factor at sampling time (the card's sampler.noise_scale,
+    # README "A cooler start"): written to the card when not 1, and the decoder stage samples so.
+    shape_noise_scale: float = 1.0
 
 
 SCHEDULES = {"tiny": Schedule()}
+# The stages in the order they run; `decoder` runs only when --stages names it.
+STAGES = ("vae", "encoder", "flow", "distill", "decoder")
+DEFAULT_STAGES = STAGES[:4]
 
 
 def _log(out: Path, record: dict) -> None:
@@ -251,6 +269,19 @@ def _sample_time(n: int, generator: torch.Generator) -> torch.Tensor:
 def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
     """Normal noise drawn on the CPU generator, then moved: the same numbers on every device."""
     return torch.randn(shape, generator=generator).to(device)
+
+
+def occupancy_loss(logits: torch.Tensor, target: torch.Tensor, iou_weight: float) -> tuple[torch.Tensor, dict]:
+    """Per-voxel BCE plus `iou_weight` x (1 - soft IoU) per grid, for logits and 0/1 targets of
+    the same shape [B, 1, R, R, R].  Why the IoU term: BCE weighs every voxel alike, so on a
+    thin object the empty space dominates; the benchmark scores the IoU."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits).flatten(1)
+    y = target.flatten(1)
+    inter = (p * y).sum(1)
+    union = (p + y - p * y).sum(1).clamp_min(1.0)
+    soft_iou = (inter / union).mean()
+    return bce + iou_weight * (1.0 - soft_iou), {"bce": bce.item(), "soft_iou": soft_iou.item()}
 
 
 def flow_loss(bundle: ModelBundle, cond: torch.Tensor, x1: dict, weights: dict, generator: torch.Generator):
@@ -576,14 +607,14 @@ class Trainer:
             self.refit_encoder(arrays)
             self.save_state()
         minutes = minutes or {}
-        order = ["vae", "encoder", "flow", "distill", "done"]
+        order = list(STAGES) + ["done"]
         for stage in order[:-1]:
             if order.index(stage) < order.index(self.state["stage"]):
                 continue
             if stage not in stages:
                 continue
             fn = {"vae": self.train_vae, "encoder": self.train_encoder, "flow": self.train_flow,
-                  "distill": self.train_distill}[stage]
+                  "distill": self.train_distill, "decoder": self.train_decoder}[stage]
             budget = minutes.get(stage)
             fn(arrays, saved if saved and saved["state"]["stage"] == stage else None,
                None if budget is None else budget * 60.0)
@@ -640,7 +671,8 @@ class Trainer:
     def encode_latents(self, arrays, mirrored: bool = False) -> np.ndarray:
         """Normalised shape latents of the occupancies (mirrored in canonical x if asked); the
         normalisation is always the plain training split's.  Encoded once per run and reused by
-        the later stages: the VAE does not change after its own stage."""
+        the later stages: the VAE does not change after its own stage; and kept on disk for
+        later runs with the same encoder and grids (`latent_cache`)."""
         cached = self.latent_cache.get(mirrored)
         if cached is None or cached[0] is not arrays:
             cached = self.latent_cache[mirrored] = (arrays, self._encode_latents(arrays, mirrored))
@@ -648,6 +680,24 @@ class Trainer:
 
     @torch.no_grad()
     def _encode_latents(self, arrays, mirrored: bool) -> np.ndarray:
+        state = {k: v.detach().cpu().numpy() for k, v in self.bundle.encoder.state_dict().items()}
+        key = latent_cache.cache_key(state, arrays.occupancy, mirrored, self.device.type)
+        lat = latent_cache.load(key, len(arrays))
+        if lat is None:
+            lat = self._run_encoder(arrays, mirrored)
+            latent_cache.save(key, lat)
+        else:
+            print(f"train: {len(arrays)} latents{' (mirrored)' if mirrored else ''} read from the cache "
+                  f"({latent_cache.cache_dir()})", file=sys.stderr)
+        if self.latent_mean is None:
+            assert not mirrored, "the plain latents set the normalisation"
+            self.latent_mean = lat.mean(axis=(0, 1)).tolist()
+            self.latent_std = np.maximum(lat.std(axis=(0, 1)), 1e-3).tolist()
+        return ((lat - np.asarray(self.latent_mean, np.float32)) / np.asarray(self.latent_std, np.float32)).astype(np.float32)
+
+    @torch.no_grad()
+    def _run_encoder(self, arrays, mirrored: bool) -> np.ndarray:
+        """The encoder's means of the grids (mirrored in canonical x if asked), float32 [N, T, C]."""
         self.bundle.encoder.eval()
         out = []
         # ~15 ms a grid on 2 CPU cores: 50,000 samples (twice with hflip) take minutes, so show it
@@ -661,12 +711,7 @@ class Trainer:
             mean, _ = self.bundle.encoder(occ)
             out.append(grid_to_tokens(mean).cpu().numpy())
         self.bundle.encoder.train()
-        lat = np.concatenate(out).astype(np.float32)
-        if self.latent_mean is None:
-            assert not mirrored, "the plain latents set the normalisation"
-            self.latent_mean = lat.mean(axis=(0, 1)).tolist()
-            self.latent_std = np.maximum(lat.std(axis=(0, 1)), 1e-3).tolist()
-        return ((lat - np.asarray(self.latent_mean, np.float32)) / np.asarray(self.latent_std, np.float32)).astype(np.float32)
+        return np.concatenate(out).astype(np.float32)
 
     def _pose_targets(self, arrays, mirrored: bool = False) -> dict[str, np.ndarray]:
         enc = []
@@ -812,6 +857,51 @@ class Trainer:
         self.bundle.condition_encoder.requires_grad_(True)
         self.teacher = None
 
+    def train_decoder(self, arrays, resume, budget):
+        """Fit the structure decoder to what it is given at run time: the distilled 4-step
+        sampler's own shape latents for the training photos (no point map, the card's noise
+        factor, mirrored as the schedule's hflip says), drawn afresh each step, with each photo's
+        true occupancy as the target (per-voxel BCE plus a soft-IoU term).  Why: the VAE decoder
+        learned on the encoder's latents of true grids; a few-step sample misses those in ways
+        the decoder can learn to undo (README "A decoder for the flow's own samples" has the
+        measurements).  The encoder and so the latent space stay as they are; only the decoder
+        moves.  Run it on photos the flow has not trained on, whose samples err as new photos'
+        do."""
+        s = self.schedule
+        cfg = self.bundle.config
+        batches = Batches(arrays, None, None, self.seed + 4, self.device, hflip=s.hflip)
+        mean = torch.tensor(self.latent_mean, dtype=torch.float32, device=self.device)
+        std = torch.tensor(self.latent_std, dtype=torch.float32, device=self.device)
+        sampler = self.sampler_settings()
+        noise_scale = {"shape": s.shape_noise_scale}
+        shapes = {"shape": (s.decoder_batch, cfg.flow.shape_tokens, cfg.flow.shape_channels)}
+        shapes.update({m: (s.decoder_batch, 1, k) for m, k in POSE_DIMS.items()})
+        self.bundle.condition_encoder.eval(), self.bundle.generator.eval()
+
+        def step_fn(step):
+            idx = batches.indices(s.decoder_batch)
+            with torch.no_grad():  # the add-on has no point map: never give one here
+                cond = self.bundle.condition_encoder(**batches.condition_inputs(idx, p_drop_points=1.0))
+            # the noise follows (seed, step), so a resumed run draws what it would have
+            x = sample_flow(self.bundle, cond, initial_noise(shapes, [self.seed, step], noise_scale), sampler)
+            z = torch.from_numpy(x["shape"]).to(self.device) * std + mean
+            logits = self.bundle.decoder(tokens_to_grid(z, cfg.vae.latent_resolution))
+            return occupancy_loss(logits, batches.occupancy(idx), s.decoder_iou_weight)
+
+        self._loop("decoder", s.decoder_steps, list(self.bundle.decoder.parameters()), s.decoder_lr, step_fn,
+                   resume, budget)
+        self.bundle.condition_encoder.train(), self.bundle.generator.train()
+
+    def sampler_settings(self) -> dict:
+        """The card's sampler section for this run's model."""
+        s = self.schedule
+        sampler = {"steps": s.shortcut_steps, "shortcut": True, "cfg_strength": 0.0, "cfg_interval": [0.0, 500.0],
+                   "rescale_t": s.rescale_t, "time_scale": 1000.0, "reference_steps": s.reference_steps,
+                   "reference_cfg_strength": s.cfg_strength}
+        if s.shape_noise_scale != 1.0:
+            sampler["noise_scale"] = {"shape": s.shape_noise_scale}
+        return sampler
+
     # -- result -------------------------------------------------------------------------------------
     def write_model(self, arrays) -> Path:
         s = self.schedule
@@ -819,9 +909,7 @@ class Trainer:
             self.encode_latents(arrays)
         for module in self.bundle.modules().values():
             module.to("cpu")  # the checkpoint loads anywhere
-        sampler = {"steps": s.shortcut_steps, "shortcut": True, "cfg_strength": 0.0, "cfg_interval": [0.0, 500.0],
-                   "rescale_t": s.rescale_t, "time_scale": 1000.0, "reference_steps": s.reference_steps,
-                   "reference_cfg_strength": s.cfg_strength}
+        sampler = self.sampler_settings()
         meta = {
             "data": self.data.source(), "data_meta": {k: self.data_meta.get(k) for k in ("n_train", "n_test", "seed", "resolution", "fov_deg", "version") if k in self.data_meta},
             "train_samples": len(arrays), "seconds": {k: round(v, 1) for k, v in self.state["seconds"].items()},
@@ -840,17 +928,22 @@ class Trainer:
         return path
 
 
-def stage_values(text: str | None, option: str, stages: tuple[str, ...], cast=float) -> dict | None:
-    """'A,B,...' (one number per stage, in order) -> {stage: value}; None when not given."""
+def stage_values(text: str | None, option: str, stages: tuple[str, ...], cast=float,
+                 least: int | None = None) -> dict | None:
+    """'A,B,...' (one number per stage, in order; the stages after the first `least`, default
+    all, may be left out) -> {stage: value}; None when not given."""
     if not text:
         return None
+    least = len(stages) if least is None else least
     kind = "integers" if cast is int else "numbers"
     try:
         values = [cast(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != len(stages):
-        raise InputError(f"{option} takes {len(stages)} {kind} {','.join(s.upper() for s in stages)}, got {text!r}.")
+    if not least <= len(values) <= len(stages):
+        names = ",".join(s.upper() for s in stages[:least]) + "".join(f"[,{s.upper()}]" for s in stages[least:])
+        raise InputError(f"{option} takes {least} to {len(stages)} {kind} {names}, got {text!r}."
+                         if least < len(stages) else f"{option} takes {len(stages)} {kind} {names}, got {text!r}.")
     return dict(zip(stages, values))
 
 
@@ -891,8 +984,7 @@ def train_main(args) -> int:
         raise InputError(f"No training schedule for config '{args.config}'; choose one of: {', '.join(SCHEDULES)}.")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     schedule = SCHEDULES[args.config]
-    stage_names = ("vae", "encoder", "flow", "distill")
-    steps = stage_values(args.steps, "--steps", stage_names, int)
+    steps = stage_values(args.steps, "--steps", STAGES, int, least=len(DEFAULT_STAGES))
     if steps:
         schedule = replace(schedule, **{f"{k}_steps": v for k, v in steps.items()},
                            warmup=min(schedule.warmup, max(1, steps["flow"] // 10)))
@@ -900,15 +992,19 @@ def train_main(args) -> int:
     stop_after = args.stop_after
     if stop_after is not None and stop_after <= 0:
         raise InputError(f"--stop-after takes a positive number of minutes, got {stop_after}.")
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise InputError(f"--stages: unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}.")
+    minutes = stage_values(args.minutes, "--minutes", STAGES, least=len(DEFAULT_STAGES))
     device = pick_device(args.device)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the tiny model's matmuls: TF32 is ample
         torch.backends.cudnn.allow_tf32 = True
     trainer = Trainer(args.config, [Path(d) for d in args.data], Path(args.out), seed=args.seed, schedule=schedule, limit=args.limit,
                       device=device, stop_after_minutes=stop_after, init=args.init)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     try:
-        trainer.run(stages, minutes=stage_values(args.minutes, "--minutes", stage_names))
+        trainer.run(stages, minutes=minutes)
     except Paused as exc:
         print(f"train: stopped after {stop_after:g} min at {exc}; run the same command to resume", file=sys.stderr)
     return 0

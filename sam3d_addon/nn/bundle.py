@@ -47,16 +47,22 @@ def build_models(config_name: str, device: str | torch.device | None = None) -> 
 
 
 @torch.no_grad()
-def sample_flow(bundle: ModelBundle, cond: torch.Tensor, noise: dict[str, np.ndarray], sampler: dict) -> dict[str, np.ndarray]:
-    """The flow's samples for condition tokens `cond` [B, N, C] from starting `noise` (as
-    sampler.initial_noise draws it), with the runtime's own FlowSampler and a card-style
-    `sampler` section (shortcut mode): training code that needs the model's samples (the encoder
-    refit, the decoder stage) samples exactly as the add-on does, only with torch's velocity on
-    cond's device.  Returns numpy arrays (normalised latents, as the sampler leaves them)."""
-    from ..sampler import FlowSampler
+def sample_flow(bundle: ModelBundle, cond: torch.Tensor, seed, sampler: dict) -> dict[str, np.ndarray]:
+    """The flow's samples for condition tokens `cond` [B, N, C], drawn as the add-on draws them:
+    starting noise from `seed` (sampler.initial_noise, scaled by the section's `noise_scale` if it
+    has one) and the runtime's own FlowSampler for a card-style `sampler` section (shortcut
+    mode).  Training code that needs the model's samples (the encoder refit, the decoder stage)
+    calls this, with torch's velocity on cond's device.  Returns numpy arrays (normalised
+    latents, as the sampler leaves them)."""
+    from ..contract import POSE_DIMS
+    from ..sampler import FlowSampler, initial_noise
 
     device = cond.device
     generator = bundle.generator
+    n, flow = len(cond), bundle.config.flow
+    shapes = {"shape": (n, flow.shape_tokens, flow.shape_channels)}
+    shapes.update({m: (n, 1, k) for m, k in POSE_DIMS.items()})
+    noise = initial_noise(shapes, seed, sampler.get("noise_scale"))
 
     def velocity(x, t, d, c):
         put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731

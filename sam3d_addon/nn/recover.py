@@ -219,8 +219,6 @@ def flow_anchors(bundle, latent_mean, latent_std, sampler: dict, images: dict[st
     training images (uint8 IMAGE_KEYS batches, as GeometryArrays.images) and their decoded
     occupancies: (occupancy bool [M, R, R, R], normalised latents [M, T, C]).  They pin a
     refitted encoder to the latent space the flow was trained in (see refit_encoder)."""
-    from ..contract import POSE_DIMS
-    from ..sampler import initial_noise
     from ..train.data import condition_tensors
     from .bundle import sample_flow
     from .vae import tokens_to_grid
@@ -235,10 +233,7 @@ def flow_anchors(bundle, latent_mean, latent_std, sampler: dict, images: dict[st
     for start in range(0, total, batch):
         inputs = condition_tensors({k: v[start:start + batch] for k, v in images.items()})
         cond = bundle.condition_encoder(**inputs)
-        n = len(cond)
-        shapes = {"shape": (n, cfg.flow.shape_tokens, cfg.flow.shape_channels)}
-        shapes.update({m: (n, 1, k) for m, k in POSE_DIMS.items()})
-        x = sample_flow(bundle, cond, initial_noise(shapes, seed + start), sampler)
+        x = sample_flow(bundle, cond, seed + start, sampler)
         z = torch.from_numpy(x["shape"])
         logits = bundle.decoder(tokens_to_grid(z * std + mean, cfg.vae.latent_resolution))
         occupancy.append(logits[:, 0].numpy() > 0)

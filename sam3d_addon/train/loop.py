@@ -46,7 +46,6 @@ from ..nn.bundle import ModelBundle, build_models, sample_flow
 from ..nn.checkpoint import save_checkpoint
 from ..nn.vae import grid_to_tokens, tokens_to_grid
 from ..pose import encode_pose
-from ..sampler import initial_noise
 from . import latent_cache
 from .data import IMAGE_KEYS, POINT_KEYS, GeometryArrays, TrainingData, condition_tensors, pose_statistics
 
@@ -873,10 +872,7 @@ class Trainer:
         batches = Batches(arrays, None, None, self.seed + 4, self.device, hflip=s.hflip)
         mean = torch.tensor(self.latent_mean, dtype=torch.float32, device=self.device)
         std = torch.tensor(self.latent_std, dtype=torch.float32, device=self.device)
-        sampler = self.sampler_settings()
-        noise_scale = {"shape": s.shape_noise_scale}
-        shapes = {"shape": (s.decoder_batch, cfg.flow.shape_tokens, cfg.flow.shape_channels)}
-        shapes.update({m: (s.decoder_batch, 1, k) for m, k in POSE_DIMS.items()})
+        sampler = self.sampler_settings()  # with the card's noise factor
         self.bundle.condition_encoder.eval(), self.bundle.generator.eval()
 
         def step_fn(step):
@@ -884,7 +880,7 @@ class Trainer:
             with torch.no_grad():  # the add-on has no point map: never give one here
                 cond = self.bundle.condition_encoder(**batches.condition_inputs(idx, p_drop_points=1.0))
             # the noise follows (seed, step), so a resumed run draws what it would have
-            x = sample_flow(self.bundle, cond, initial_noise(shapes, [self.seed, step], noise_scale), sampler)
+            x = sample_flow(self.bundle, cond, [self.seed, step], sampler)
             z = torch.from_numpy(x["shape"]).to(self.device) * std + mean
             logits = self.bundle.decoder(tokens_to_grid(z, cfg.vae.latent_resolution))
             return occupancy_loss(logits, batches.occupancy(idx), s.decoder_iou_weight)

@@ -479,7 +479,8 @@ def _add_bench(sub):
                    help="bench geometry: align the model's poses with the mask boxes, as 3dfy does "
                         "(--no-box-align scores the flow's own pose)")
     p.add_argument("--by-category", metavar="PATH", default=None,
-                   help="bench geometry: also write per-category means (vIoU, F1@0.05, ADD-S@0.1) to PATH as JSON")
+                   help="bench geometry: also write per-category means (vIoU, F1@0.05, ADD-S@0.1) to PATH as JSON, "
+                        "and the same over samples grouped by the baseline's vIoU (by_baseline_viou)")
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="bench geometry: the held-out split (default) or training samples (to see the fit)")
     p.add_argument("--limit", type=int, default=None, help="bench geometry: the first N samples of the split")

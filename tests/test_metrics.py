@@ -369,3 +369,27 @@ def test_evaluate_against_gt_occupancy_surface(samples):
     assert r["f1_001"] == 1.0 and r["chamfer"] < 1e-20 and r["adds"] < 1e-9
     with pytest.raises(ValueError):
         bench_geometry.evaluate(ground_truth_predict, samples[:1], n_points=16, gt_surface="points")
+
+
+def test_by_baseline_viou_groups_samples_by_how_well_the_ellipsoid_fits(samples):
+    from sam3d_addon.bench import by_baseline_viou
+
+    baseline_rows, truth_rows = [], []
+    bench_geometry.evaluate(baseline.make_baseline_predict_fn(median_depth=3.0), samples, n_points=256,
+                            per_sample=baseline_rows)
+    bench_geometry.evaluate(ground_truth_predict, samples, n_points=256, per_sample=truth_rows)
+    scores = [row["viou"] for row in baseline_rows]
+    # Edges between the samples' own baseline scores, so each lands in a group of its own.
+    low, mid, high = sorted(scores)
+    edges = (0.0, (low + mid) / 2, (mid + high) / 2, 1.0)
+    groups = by_baseline_viou(baseline_rows, {"baseline": baseline_rows, "truth": truth_rows}, edges=edges)
+    assert [g["n"] for g in groups.values()] == [1, 1, 1]
+    assert [g["baseline"]["viou"] for g in groups.values()] == [round(v, 5) for v in (low, mid, high)]
+    assert all(g["truth"]["viou"] == 1.0 for g in groups.values())
+    # One wide group pools all; a range no sample falls in is left out; the top edge is inclusive.
+    pooled = by_baseline_viou(baseline_rows, {"truth": truth_rows, "baseline": baseline_rows},
+                              edges=(0.0, 1.0, 2.0))
+    assert list(pooled) == ["0-1"] and pooled["0-1"]["n"] == 3
+    assert pooled["0-1"]["baseline"]["viou"] == round(float(np.mean(scores)), 5)
+    top = by_baseline_viou(baseline_rows, {"baseline": baseline_rows}, edges=(0.0, high))
+    assert top[f"0-{high:g}"]["n"] == 3

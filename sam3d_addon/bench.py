@@ -49,8 +49,12 @@ def by_category(samples: list[dict], rows: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for sample, row in zip(samples, rows):
         groups.setdefault(str(sample.get("category", "?")), []).append(row)
-    return {name: {"n": len(group), **{k: round(float(np.mean([r[k] for r in group])), 5) for k in CATEGORY_KEYS}}
-            for name, group in sorted(groups.items())}
+    return {name: {"n": len(group), **_means(group)} for name, group in sorted(groups.items())}
+
+
+def _means(rows: list[dict]) -> dict:
+    """Means of CATEGORY_KEYS over some of evaluate()'s per-sample rows, rounded as the report is."""
+    return {k: round(float(np.mean([r[k] for r in rows])), 5) for k in CATEGORY_KEYS}
 
 
 def by_baseline_viou(baseline_rows: list[dict], rows_by_mode: dict[str, list[dict]],
@@ -66,8 +70,7 @@ def by_baseline_viou(baseline_rows: list[dict], rows_by_mode: dict[str, list[dic
         if members.size == 0:
             continue
         groups[f"{lo:g}-{hi:g}"] = {"n": int(members.size), **{
-            mode: {k: round(float(np.mean([rows[j][k] for j in members])), 5) for k in CATEGORY_KEYS}
-            for mode, rows in rows_by_mode.items()}}
+            mode: _means([rows[j] for j in members]) for mode, rows in rows_by_mode.items()}}
     return groups
 
 

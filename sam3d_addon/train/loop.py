@@ -939,8 +939,8 @@ def stage_values(text: str | None, option: str, stages: tuple[str, ...], cast=fl
         values = []
     if not least <= len(values) <= len(stages):
         names = ",".join(s.upper() for s in stages[:least]) + "".join(f"[,{s.upper()}]" for s in stages[least:])
-        raise InputError(f"{option} takes {least} to {len(stages)} {kind} {names}, got {text!r}."
-                         if least < len(stages) else f"{option} takes {len(stages)} {kind} {names}, got {text!r}.")
+        count = f"{least} to {len(stages)}" if least < len(stages) else f"{least}"
+        raise InputError(f"{option} takes {count} {kind} {names}, got {text!r}.")
     return dict(zip(stages, values))
 
 
